@@ -1,0 +1,571 @@
+"""Throughput of the sidecar's OTLP/gRPC trace path, against a bare grpc.aio ceiling.
+
+Usage: ``.venv/bin/python bench/throughput.py [--seconds N] [--connections C] [--json]``
+
+One ``ExportTraceServiceRequest`` of 512 realistic spans is encoded once, and a load generator
+in its own process keeps C Export calls in flight for N seconds, sending those same bytes.
+It runs twice:
+
+* ``sidecar``: ``python -m collector run`` with an ``otlp`` (gRPC) receiver, a ``batch``
+  processor and a ``file`` exporter, i.e. parse, validate, batch, OTLP/JSON-encode and write.
+* ``ceiling``: a bare ``grpc.aio`` server whose handler only parses the request and drops it,
+  the most a Python grpc.aio receiver could accept on this machine.
+
+For each it reports accepted spans/s (OK responses x 512 / elapsed), the server process's CPU
+seconds during the load window (utime+stime from ``/proc/<pid>/stat``), and spans per
+CPU-second. How to read it: spans per CPU-second is the cost figure and the steadier one;
+spans/s also depends on how many cores are free, and the load generator competes for them.
+The ratios sidecar/ceiling say what share of the bare receiver's throughput (and efficiency)
+the sidecar's pipeline keeps. Spans written (file lines x 512) should equal spans accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import IO, Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+METHOD = f"/{SERVICE}/Export"
+TRACES = 8
+SPANS_PER_TRACE = 64
+SPANS_PER_REQUEST = TRACES * SPANS_PER_TRACE
+STARTUP_TIMEOUT_S = 20.0
+SPAWN = multiprocessing.get_context("spawn")
+
+CONFIG = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:0"}}
+processors:
+  batch: {{timeout: 200ms, send_batch_size: {batch}}}
+exporters:
+  file: {{path: "{path}"}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], processors: [batch], exporters: [file]}}
+"""
+
+
+# --- the payload -----------------------------------------------------------------------------
+
+AttributeValue = str | int | float | bool
+
+
+def _kv(key: str, value: AttributeValue) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def _attributes(pairs: dict[str, AttributeValue]) -> list[KeyValue]:
+    return [_kv(key, value) for key, value in pairs.items()]
+
+
+def _server_attributes(rng: random.Random, item: int, status: int) -> dict[str, AttributeValue]:
+    return {
+        "http.request.method": "GET",
+        "http.route": "/api/items/{id}",
+        "url.path": f"/api/items/{item}",
+        "url.scheme": "https",
+        "http.response.status_code": status,
+        "server.address": "shop.example.com",
+        "server.port": 443,
+        "client.address": f"10.0.{rng.randrange(256)}.{rng.randrange(256)}",
+        "network.protocol.version": "1.1",
+        "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 "
+        "Firefox/128.0",
+        "http.response.body.size": rng.randrange(200, 20_000),
+    }
+
+
+def _db_attributes(rng: random.Random, item: int) -> dict[str, AttributeValue]:
+    return {
+        "db.system": "postgresql",
+        "db.namespace": "shop",
+        "db.operation.name": "SELECT",
+        "db.collection.name": "items",
+        "db.statement": "SELECT id, name, price, stock FROM items WHERE id = $1 AND deleted_at "
+        "IS NULL",
+        "server.address": "db.internal",
+        "server.port": 5432,
+        "network.peer.address": "10.1.0.12",
+        "db.response.returned_rows": rng.randrange(0, 3),
+        "app.item.id": item,
+    }
+
+
+def _http_client_attributes(rng: random.Random, item: int) -> dict[str, AttributeValue]:
+    status = 200 if rng.random() < 0.97 else 503
+    return {
+        "http.request.method": "GET",
+        "url.full": f"http://pricing.internal:8080/v2/prices/{item}?currency=EUR",
+        "server.address": "pricing.internal",
+        "server.port": 8080,
+        "http.response.status_code": status,
+        "network.protocol.version": "1.1",
+        "http.resend_count": 0,
+        "user_agent.original": "python-httpx/0.27.0",
+    }
+
+
+def _internal_attributes(rng: random.Random, item: int) -> dict[str, AttributeValue]:
+    return {
+        "code.function": rng.choice(["render_item", "load_item", "apply_discounts"]),
+        "code.namespace": "shop.api.items",
+        "code.filepath": "/app/shop/api/items.py",
+        "code.lineno": rng.randrange(20, 400),
+        "thread.id": rng.randrange(1, 64),
+        "thread.name": "MainThread",
+        "app.item.id": item,
+        "app.cache.hit": rng.random() < 0.8,
+        "app.discount.ratio": round(rng.random() / 4, 3),
+    }
+
+
+_CHILD_KINDS: list[tuple[str, int, Callable[[random.Random, int], dict[str, AttributeValue]]]] = [
+    ("SELECT items", Span.SPAN_KIND_CLIENT, _db_attributes),
+    ("GET", Span.SPAN_KIND_CLIENT, _http_client_attributes),
+    ("render item", Span.SPAN_KIND_INTERNAL, _internal_attributes),
+]
+
+
+def _child_span(rng: random.Random, trace_id: bytes, parent: Span, item: int) -> Span:
+    name, kind, make_attributes = rng.choice(_CHILD_KINDS)
+    attributes = make_attributes(rng, item)
+    start = rng.randrange(parent.start_time_unix_nano, parent.end_time_unix_nano)
+    end = rng.randrange(start + 1, parent.end_time_unix_nano + 1)
+    span = Span(
+        trace_id=trace_id,
+        span_id=rng.randbytes(8),
+        parent_span_id=parent.span_id,
+        name=name,
+        kind=kind,
+        start_time_unix_nano=start,
+        end_time_unix_nano=end,
+        attributes=_attributes(attributes),
+    )
+    if attributes.get("http.response.status_code") == 503:
+        span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message="503 from pricing"))
+    return span
+
+
+def _trace(rng: random.Random, start_ns: int) -> list[Span]:
+    """A SERVER root and 63 descendants; each parent is the root or an INTERNAL span."""
+    trace_id = rng.randbytes(16)
+    item = rng.randrange(1, 100_000)
+    status = 200 if rng.random() < 0.9 else 500
+    root = Span(
+        trace_id=trace_id,
+        span_id=rng.randbytes(8),
+        name="GET /api/items/{id}",
+        kind=Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=start_ns,
+        end_time_unix_nano=start_ns + rng.randrange(20, 500) * 1_000_000,
+        attributes=_attributes(_server_attributes(rng, item, status)),
+        status=Status(code=Status.STATUS_CODE_OK if status == 200 else Status.STATUS_CODE_ERROR),
+    )
+    spans, parents = [root], [root]
+    for _ in range(SPANS_PER_TRACE - 1):
+        child = _child_span(rng, trace_id, rng.choice(parents), item)
+        spans.append(child)
+        if child.kind == Span.SPAN_KIND_INTERNAL:
+            parents.append(child)
+    return spans
+
+
+def build_request(seed: int = 1) -> ExportTraceServiceRequest:
+    rng = random.Random(seed)
+    resource = _attributes(
+        {
+            "service.name": "shop-api",
+            "service.version": "2.14.1",
+            "deployment.environment": "production",
+            "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.version": "1.38.0",
+            "host.name": "shop-api-7d9f8c6b5-x2k4q",
+        }
+    )
+    now = time.time_ns()
+    request = ExportTraceServiceRequest()
+    resource_spans: ResourceSpans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(resource)
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name = "opentelemetry.instrumentation.fastapi"
+    scope_spans.scope.version = "0.59b0"
+    for index in range(TRACES):
+        scope_spans.spans.extend(_trace(rng, now - (TRACES - index) * 1_000_000_000))
+    return request
+
+
+# --- the load generator (own process) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    ok_requests: int
+    errors: dict[str, int]
+    elapsed_s: float
+
+
+def _load_main(conn: Connection, target: str, payload: bytes, seconds: float, calls: int) -> None:
+    conn.send(asyncio.run(_drive(conn, target, payload, seconds, calls)))
+
+
+async def _drive(
+    conn: Connection, target: str, payload: bytes, seconds: float, calls: int
+) -> LoadResult:
+    import grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), STARTUP_TIMEOUT_S)
+        export = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        conn.send("ready")
+        await asyncio.to_thread(conn.recv)  # "go"
+        ok, errors = [0], Counter[str]()
+        started = time.monotonic()
+        deadline = started + seconds
+
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    await export(payload, timeout=30)
+                    ok[0] += 1
+                except grpc.aio.AioRpcError as error:
+                    errors[error.code().name] += 1
+
+        await asyncio.gather(*(worker() for _ in range(calls)))
+        return LoadResult(ok[0], dict(errors), time.monotonic() - started)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime (fields 14 and 15 of /proc/<pid>/stat), all threads, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields from 3 (state) on
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Measurement:
+    ok_requests: int
+    errors: dict[str, int]
+    elapsed_s: float
+    cpu_s: float
+    spans_written: int | None = None
+    spans_per_s: float = field(init=False)
+    spans_per_cpu_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        spans = self.ok_requests * SPANS_PER_REQUEST
+        self.spans_per_s = spans / self.elapsed_s if self.elapsed_s else 0.0
+        self.spans_per_cpu_s = spans / self.cpu_s if self.cpu_s else 0.0
+
+
+def measure(
+    server_pid: int, target: str, payload: bytes, seconds: float, calls: int
+) -> Measurement:
+    """Run the load generator against `target`, reading the server's CPU around the window."""
+    parent, child = SPAWN.Pipe()
+    load = SPAWN.Process(
+        target=_load_main, args=(child, target, payload, seconds, calls), name="bench-load"
+    )
+    load.start()
+    child.close()
+    try:
+        _expect(parent, "ready", STARTUP_TIMEOUT_S, "load generator did not connect")
+        before = cpu_seconds(server_pid)
+        parent.send("go")
+        result: LoadResult = _expect(parent, None, seconds + 60, "load generator gave no result")
+        after = cpu_seconds(server_pid)
+    finally:
+        load.join(10)
+        if load.is_alive():
+            load.kill()
+    return Measurement(result.ok_requests, result.errors, result.elapsed_s, after - before)
+
+
+def _expect(conn: Connection, wanted: Any, timeout: float, failure: str) -> Any:
+    try:
+        if conn.poll(timeout):
+            message = conn.recv()
+            if wanted is None or message == wanted:
+                return message
+    except EOFError:
+        pass
+    raise RuntimeError(failure)
+
+
+# --- phase A: the sidecar --------------------------------------------------------------------
+
+
+class Drain:
+    """Reads a pipe line by line on a thread so it never fills; lines are kept and queued."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def join(self) -> None:
+        self._thread.join(5)
+
+
+def wait_for_start(stdout: Drain, timeout: float) -> str:
+    """The gRPC endpoint from the ``sidecar_started`` log line."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = stdout.queue.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            raise RuntimeError("sidecar exited before logging sidecar_started")
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "sidecar_started":
+            return str(event["endpoints"]["otlp_grpc"])
+    raise RuntimeError(f"no sidecar_started line within {timeout:.0f} s")
+
+
+def wait_until_stable(path: Path, quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
+    """Return once the file's size has not changed for `quiet_s` (or after `limit_s`)."""
+    deadline = time.monotonic() + limit_s
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        current = path.stat().st_size if path.exists() else 0
+        if current != size:
+            size, since = current, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
+@dataclass
+class SidecarReport:
+    exit_code: int | None = None
+    stderr: list[str] = field(default_factory=list)
+    log_problems: list[str] = field(default_factory=list)
+
+
+def _problems(lines: list[str]) -> list[str]:
+    """Log lines at warning level or above."""
+    found = []
+    for line in lines:
+        try:
+            level = json.loads(line).get("level", "")
+        except (json.JSONDecodeError, AttributeError):
+            level = "unparsed"
+        if level not in ("info", "debug"):
+            found.append(line)
+    return found
+
+
+def run_sidecar(
+    payload: bytes, seconds: float, calls: int, workdir: Path
+) -> tuple[Measurement, SidecarReport]:
+    output = workdir / "bench.jsonl"
+    config = workdir / "config.yaml"
+    config.write_text(CONFIG.format(batch=SPANS_PER_REQUEST, path=output))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collector", "run", "--config", str(config)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    stdout, stderr = Drain(process.stdout), Drain(process.stderr)
+    report = SidecarReport()
+    try:
+        target = wait_for_start(stdout, STARTUP_TIMEOUT_S)
+        result = measure(process.pid, target, payload, seconds, calls)
+        wait_until_stable(output)
+        process.send_signal(signal.SIGTERM)
+        report.exit_code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stdout.join()
+        stderr.join()
+        report.stderr = stderr.lines
+        report.log_problems = _problems(stdout.lines)
+        if report.exit_code is None:
+            _dump(report, stdout.lines)
+    with output.open("rb") as lines:
+        result.spans_written = sum(1 for _ in lines) * SPANS_PER_REQUEST
+    return result, report
+
+
+def _dump(report: SidecarReport, stdout: list[str]) -> None:
+    print("sidecar stdout:", *stdout[-20:], sep="\n  ", file=sys.stderr)
+    print("sidecar stderr:", *report.stderr[-20:], sep="\n  ", file=sys.stderr)
+
+
+# --- phase B: the ceiling (own process) ------------------------------------------------------
+
+
+def _ceiling_main(conn: Connection) -> None:
+    asyncio.run(_serve_ceiling(conn))
+
+
+async def _serve_ceiling(conn: Connection) -> None:
+    import grpc
+
+    success = ExportTraceServiceResponse().SerializeToString()
+
+    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        ExportTraceServiceRequest.FromString(request)
+        return success
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(export)  # bytes in, bytes out
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SERVICE, {"Export": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    conn.send(f"127.0.0.1:{port}")
+    await stop.wait()
+    await server.stop(1)
+
+
+def run_ceiling(payload: bytes, seconds: float, calls: int) -> tuple[Measurement, int | None]:
+    parent, child = SPAWN.Pipe()
+    server = SPAWN.Process(target=_ceiling_main, args=(child,), name="bench-ceiling")
+    server.start()
+    child.close()
+    try:
+        target = _expect(parent, None, STARTUP_TIMEOUT_S, "ceiling server did not start")
+        assert server.pid is not None
+        result = measure(server.pid, target, payload, seconds, calls)
+        server.terminate()  # SIGTERM
+        server.join(30)
+    finally:
+        if server.is_alive():
+            server.kill()
+            server.join()
+    return result, server.exitcode
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def results(
+    args: argparse.Namespace,
+    payload: bytes,
+    sidecar: tuple[Measurement, SidecarReport],
+    ceiling: tuple[Measurement, int | None],
+) -> dict[str, Any]:
+    (side, report), (top, ceiling_exit) = sidecar, ceiling
+    return {
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "spans_per_request": SPANS_PER_REQUEST,
+        "request_bytes": len(payload),
+        "sidecar": {**asdict(side), **asdict(report)},
+        "ceiling": {**asdict(top), "exit_code": ceiling_exit},
+        "ratios": {
+            "spans_per_s": _ratio(side.spans_per_s, top.spans_per_s),
+            "spans_per_cpu_s": _ratio(side.spans_per_cpu_s, top.spans_per_cpu_s),
+        },
+    }
+
+
+def print_table(data: dict[str, Any]) -> None:
+    print(
+        f"{data['spans_per_request']} spans/request ({data['request_bytes']} bytes), "
+        f"{data['connections']} calls in flight, {data['seconds']} s per phase"
+    )
+    print(f"{'':10}{'spans/s':>12}{'CPU s':>9}{'spans/CPU-s':>13}{'requests':>10}{'errors':>8}")
+    for name in ("sidecar", "ceiling"):
+        row = data[name]
+        errors = sum(row["errors"].values())
+        print(
+            f"{name:10}{row['spans_per_s']:>12,.0f}{row['cpu_s']:>9.2f}"
+            f"{row['spans_per_cpu_s']:>13,.0f}{row['ok_requests']:>10}{errors:>8}"
+        )
+    for name, value in data["ratios"].items():
+        shown = "n/a" if value is None else f"{value:.2f}"
+        print(f"sidecar/ceiling {name}: {shown}")
+    _print_notes(data)
+
+
+def _print_notes(data: dict[str, Any]) -> None:
+    side = data["sidecar"]
+    accepted = side["ok_requests"] * data["spans_per_request"]
+    print(f"sidecar spans accepted {accepted}, written {side['spans_written']}")
+    print(f"exit codes: sidecar {side['exit_code']}, ceiling {data['ceiling']['exit_code']}")
+    for name in ("sidecar", "ceiling"):
+        if data[name]["errors"]:
+            print(f"{name} errors by status: {data[name]['errors']}")
+    for title, lines in (("stderr", side["stderr"]), ("log warnings", side["log_problems"])):
+        if lines:
+            print(f"sidecar {title} ({len(lines)} lines):", *lines[:20], sep="\n  ")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="load per phase (10)")
+    parser.add_argument("--connections", type=int, default=4, help="calls in flight (4)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    payload = build_request().SerializeToString()
+    with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp:
+        sidecar = run_sidecar(payload, args.seconds, args.connections, Path(tmp))
+    ceiling = run_ceiling(payload, args.seconds, args.connections)
+    data = results(args, payload, sidecar, ceiling)
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print_table(data)
+    return 0 if sidecar[1].exit_code == 0 and ceiling[1] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

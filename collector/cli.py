@@ -1,0 +1,113 @@
+"""``otel-sidecar``: run the sidecar, validate a config file.
+
+Exit codes: 0 success; 1 the sidecar failed at run time (a port in use, say); 2 bad usage
+or an invalid configuration, with a message naming the YAML key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from collector import __version__
+from collector import config as config_module
+from collector.settings import ConfigError
+from collector.telemetry import configure_logging, log
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return args.command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-sidecar",
+        description="OpenTelemetry sidecar collector: receives OTLP traces and logs on "
+        "localhost, samples, scrubs and marks slow spans, and forwards them.",
+    )
+    parser.add_argument("--version", action="version", version=f"otel-sidecar {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the sidecar until SIGTERM/SIGINT",
+        description="Run the sidecar. Without --config, the default pipelines are built from "
+        "the environment (see the README).",
+    )
+    run.add_argument("--config", metavar="PATH", help="collector-style YAML config file")
+    run.set_defaults(command=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a config file and exit (0 valid, 2 invalid)",
+    )
+    validate.add_argument("--config", metavar="PATH", required=True)
+    validate.set_defaults(command=_validate)
+    return parser
+
+
+def _load(path: str | None) -> config_module.Config:
+    return config_module.load(path) if path else config_module.default()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as error:
+        print(f"invalid config: {error}", file=sys.stderr)
+        return 2
+    pipelines = ", ".join(config.service.pipelines)
+    print(f"{args.config}: valid (pipelines: {pipelines})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as error:
+        print(f"invalid config: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.service.log_level)
+    try:
+        return asyncio.run(_serve(config))
+    except ConfigError as error:
+        print(f"invalid config: {error}", file=sys.stderr)
+        return 2
+
+
+async def _serve(config: config_module.Config) -> int:
+    from collector.pipeline import Service  # grpc and aiohttp load only when running
+
+    service = Service(config)
+    try:
+        await service.start()
+    except OSError as error:
+        log.error("start_failed", error=str(error))
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info(
+        "sidecar_started",
+        version=__version__,
+        endpoints=service.endpoints(),
+        pipelines={
+            name: {
+                "receivers": list(p.receivers),
+                "processors": list(p.processors),
+                "exporters": list(p.exporters),
+            }
+            for name, p in config.service.pipelines.items()
+        },
+    )
+    await stop.wait()
+    grace = config.service.grace_period
+    log.info("sidecar_stopping", grace_period_s=grace)
+    await service.shutdown(grace)
+    log.info("sidecar_stopped")
+    return 0

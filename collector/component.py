@@ -1,0 +1,38 @@
+"""What every pipeline component promises; the pipeline relies on nothing else.
+
+A *consumer* takes a batch and owns it from then on: processors may change it in place,
+exporters must treat it as read-only (one batch fans out to several exporters).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from collector.signals import Batch
+
+
+class Consumer(Protocol):
+    async def consume(self, batch: Batch) -> None:
+        """Take a batch. Returns when the batch is handed on; raises only :class:`Refused`."""
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Acquire ports, files, connections. Called downstream first."""
+
+    async def shutdown(self) -> None:
+        """Hand on or flush what is held, release resources. Called upstream first; idempotent."""
+
+
+class Refused(Exception):
+    """The sidecar cannot take more data right now; receivers answer a retryable error.
+
+    ``reason`` is the drop reason counted on /metrics (for example ``memory_limit``).
+    """
+
+    def __init__(self, reason: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,49 @@
+"""The registry of component types: the one place that knows every receiver, processor and
+exporter, so that config can validate them and the pipeline can build them.
+
+A component id in the config is ``type`` or ``type/name`` (``batch``, ``batch/small``), as in
+the OpenTelemetry Collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from collector.processors.batch import BatchProcessor, BatchSettings
+from collector.receivers.otlp import OtlpReceiver, OtlpReceiverSettings
+from collector.signals import Signal
+from exporters.file import FileExporter, FileSettings
+
+BOTH = frozenset(Signal)
+
+
+@dataclass(frozen=True)
+class Kind:
+    settings: type
+    factory: Callable[..., Any]
+    signals: frozenset[Signal] = BOTH
+
+
+RECEIVERS: dict[str, Kind] = {
+    "otlp": Kind(OtlpReceiverSettings, OtlpReceiver),
+}
+PROCESSORS: dict[str, Kind] = {
+    "batch": Kind(BatchSettings, BatchProcessor),
+}
+EXPORTERS: dict[str, Kind] = {
+    "file": Kind(FileSettings, FileExporter),
+}
+EXTENSIONS: dict[str, Kind] = {}
+
+SECTIONS: dict[str, dict[str, Kind]] = {
+    "receivers": RECEIVERS,
+    "processors": PROCESSORS,
+    "exporters": EXPORTERS,
+    "extensions": EXTENSIONS,
+}
+
+
+def type_of(component_id: str) -> str:
+    return component_id.partition("/")[0]

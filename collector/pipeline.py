@@ -1,0 +1,131 @@
+"""Builds the running sidecar from a Config: receivers → processors → fan-out to exporters.
+
+Start order is downstream first (exporters, processors, receivers) so nothing is accepted
+before there is somewhere to put it; shutdown is upstream first, so what receivers accepted
+drains through processors into exporters that are still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from collector import components
+from collector.component import Consumer
+from collector.config import Config
+from collector.signals import Batch, Signal, item_count, signal_of
+from collector.telemetry import DROPPED, log
+
+
+class FanOut:
+    """Hands one batch to every exporter of a pipeline; one failing never stops the others."""
+
+    def __init__(self, exporters: Sequence[Any]) -> None:
+        self._exporters = list(exporters)
+
+    async def consume(self, batch: Batch) -> None:
+        await asyncio.gather(*(self._deliver(exporter, batch) for exporter in self._exporters))
+
+    async def _deliver(self, exporter: Any, batch: Batch) -> None:
+        try:
+            await exporter.consume(batch)
+        except Exception as error:
+            signal = signal_of(batch).value
+            DROPPED.labels(exporter.name, signal, "export_failed").inc(item_count(batch))
+            # The type only: an exception text may carry an endpoint or a credential.
+            log.error(
+                "export_failed", exporter=exporter.name, signal=signal, error=type(error).__name__
+            )
+
+
+class Tee:
+    """Feeds one receiver's batches to several pipelines of a signal, each its own copy
+    (processors change batches in place)."""
+
+    def __init__(self, consumers: Sequence[Consumer]) -> None:
+        self._consumers = list(consumers)
+
+    async def consume(self, batch: Batch) -> None:
+        *others, last = self._consumers
+        for consumer in others:
+            copy = type(batch)()
+            copy.CopyFrom(batch)
+            await consumer.consume(copy)
+        await last.consume(batch)
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        pipelines = config.pipelines()
+        used = {
+            role: {i for _, p in pipelines.values() for i in getattr(p, role)}
+            for role in ("receivers", "exporters")
+        }
+        self.exporters = {
+            eid: _make(components.EXPORTERS, eid, config.exporters[eid])
+            for eid in sorted(used["exporters"])
+        }
+        self.processors: list[Any] = []  # in pipeline order, upstream first within each
+        heads: dict[str, tuple[Signal, Consumer]] = {}
+        for name, (signal, pipeline) in pipelines.items():
+            head: Consumer = FanOut([self.exporters[eid] for eid in pipeline.exporters])
+            chain = []
+            for pid in reversed(pipeline.processors):
+                head = _make(components.PROCESSORS, pid, config.processors[pid], signal, head)
+                chain.insert(0, head)
+            self.processors.extend(chain)
+            heads[name] = (signal, head)
+        self.receivers = {}
+        for rid in sorted(used["receivers"]):
+            consumers: dict[Signal, Consumer] = {}
+            for signal in Signal:
+                feeds = [
+                    head
+                    for name, (sig, head) in heads.items()
+                    if sig is signal and rid in pipelines[name][1].receivers
+                ]
+                if feeds:
+                    consumers[signal] = feeds[0] if len(feeds) == 1 else Tee(feeds)
+            self.receivers[rid] = _make(components.RECEIVERS, rid, config.receivers[rid], consumers)
+
+    def endpoints(self) -> dict[str, str]:
+        return {t: a for r in self.receivers.values() for t, a in r.endpoints.items()}
+
+    async def start(self) -> None:
+        started: list[Any] = []
+        try:
+            for component in [
+                *self.exporters.values(),
+                *reversed(self.processors),
+                *self.receivers.values(),
+            ]:
+                await component.start()
+                started.append(component)
+        except BaseException:
+            for component in reversed(started):
+                await component.shutdown()
+            raise
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting, then flush processors and exporters, within ``grace_s`` overall."""
+        deadline = time.monotonic() + grace_s
+        for receiver in self.receivers.values():
+            await _within(receiver.shutdown(grace_s=min(5.0, grace_s / 4)), deadline, receiver)
+        for component in [*self.processors, *self.exporters.values()]:
+            await _within(component.shutdown(), deadline, component)
+
+
+def _make(kinds: dict[str, components.Kind], component_id: str, settings: Any, *args: Any) -> Any:
+    return kinds[components.type_of(component_id)].factory(component_id, settings, *args)
+
+
+async def _within(shutdown: Any, deadline: float, component: Any) -> None:
+    try:
+        await asyncio.wait_for(shutdown, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        log.error("shutdown_timeout", component=component.name)
+    except Exception as error:
+        log.error("shutdown_failed", component=component.name, error=type(error).__name__)

@@ -1,0 +1,72 @@
+"""The ``batch`` processor: gathers small batches into larger ones for the exporters.
+
+A batch is sent on when it holds ``send_batch_size`` items or when ``timeout`` has passed since
+its first item arrived. A request that alone fills a batch passes straight through, uncopied.
+Sending awaits the next consumer, so a slow exporter slows the receivers (backpressure) rather
+than letting batches pile up here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from collector.component import Consumer
+from collector.settings import Duration, setting
+from collector.signals import Batch, Signal, item_count
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    timeout: Duration = setting(Duration(0.2), minimum=0.001, maximum=60)
+    send_batch_size: int = setting(512, minimum=1, maximum=100_000)
+
+
+class BatchProcessor:
+    def __init__(self, name: str, settings: BatchSettings, signal: Signal, next: Consumer) -> None:
+        self.name = name
+        self._settings = settings
+        self._signal = signal
+        self._next = next
+        self._pending: Batch | None = None
+        self._pending_items = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        pass
+
+    async def consume(self, batch: Batch) -> None:
+        count = item_count(batch)
+        if self._pending is None and count >= self._settings.send_batch_size:
+            await self._next.consume(batch)
+            return
+        if self._pending is None:
+            self._pending = self._signal.request_type()
+            self._timer = asyncio.get_running_loop().call_later(
+                self._settings.timeout, self._send_on_timeout
+            )
+        self._pending.MergeFrom(batch)  # appends the resource lists
+        self._pending_items += count
+        if self._pending_items >= self._settings.send_batch_size:
+            await self._send()
+
+    async def shutdown(self) -> None:
+        """Send what is pending and wait for sends started by the timer."""
+        await self._send()
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+
+    async def _send(self) -> None:
+        batch, self._pending, self._pending_items = self._pending, None, 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if batch is not None:
+            await self._next.consume(batch)
+
+    def _send_on_timeout(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._send())
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)

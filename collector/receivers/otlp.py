@@ -1,0 +1,110 @@
+"""The ``otlp`` receiver: OTLP over gRPC and HTTP on one asyncio loop.
+
+Both transports decode a request into an export request (a batch) and pass it to the
+:class:`Intake`, which checks the ids, counts, and hands it to the pipelines of its signal.
+Transports turn the Intake's two exceptions into protocol answers: :class:`InvalidBatch` is
+a bad request (HTTP 400, gRPC INVALID_ARGUMENT), :class:`Refused` is retryable backpressure
+(HTTP 503 + Retry-After, gRPC UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from collector.component import Consumer
+from collector.settings import ConfigError, Endpoint, setting
+from collector.signals import Batch, Signal, validate
+from collector.telemetry import RECEIVED, REFUSED
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GrpcSettings:
+    endpoint: Endpoint = setting(Endpoint("127.0.0.1:4317"))
+    max_recv_msg_size_mib: int = setting(4, minimum=1, maximum=1024)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    endpoint: Endpoint = setting(Endpoint("127.0.0.1:4318"))
+    # Bounds the body as sent and, separately, after gzip is undone (a gzip bomb is refused).
+    max_request_body_size_mib: int = setting(20, minimum=1, maximum=1024)
+
+
+@dataclass(frozen=True)
+class Protocols:
+    grpc: GrpcSettings | None = None
+    http: HttpSettings | None = None
+
+
+@dataclass(frozen=True)
+class OtlpReceiverSettings:
+    protocols: Protocols = setting(factory=Protocols)
+
+    def check(self, path: str) -> None:
+        if self.protocols.grpc is None and self.protocols.http is None:
+            raise ConfigError(f"{path}.protocols: enable at least one of grpc, http")
+
+
+class Intake:
+    """What every transport does with a decoded batch: check it, count it, hand it on."""
+
+    def __init__(self, transport: str, consumers: Mapping[Signal, Consumer]) -> None:
+        self.transport = transport
+        self._consumers = dict(consumers)
+        self._accepted = {s: RECEIVED.labels(transport, s.value) for s in self._consumers}
+
+    def serves(self, signal: Signal) -> bool:
+        return signal in self._consumers
+
+    def refused(self, signal: Signal, reason: str) -> None:
+        REFUSED.labels(self.transport, signal.value, reason).inc()
+
+    async def accept(self, signal: Signal, batch: Batch) -> None:
+        """Raises InvalidBatch or Refused; both are counted here."""
+        try:
+            count = validate(batch)
+        except ValueError:
+            self.refused(signal, "invalid")
+            raise
+        try:
+            await self._consumers[signal].consume(batch)
+        except Exception as error:
+            self.refused(signal, getattr(error, "reason", "internal"))
+            raise
+        self._accepted[signal].inc(count)
+
+
+class OtlpReceiver:
+    """One component, up to two listening transports sharing the pipelines' consumers."""
+
+    def __init__(
+        self, name: str, settings: OtlpReceiverSettings, consumers: Mapping[Signal, Consumer]
+    ) -> None:
+        # Imported here so `otel-sidecar validate` does not pay for grpc and aiohttp.
+        from collector.receivers.otlp_grpc import OtlpGrpcServer
+        from collector.receivers.otlp_http import OtlpHttpServer
+
+        self.name = name
+        self.servers: list[OtlpGrpcServer | OtlpHttpServer] = []
+        if settings.protocols.grpc is not None:
+            intake = Intake(f"{name}_grpc", consumers)
+            self.servers.append(OtlpGrpcServer(settings.protocols.grpc, intake))
+        if settings.protocols.http is not None:
+            intake = Intake(f"{name}_http", consumers)
+            self.servers.append(OtlpHttpServer(settings.protocols.http, intake))
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """Transport name → the address actually listened on (port 0 resolved)."""
+        return {server.intake.transport: server.address for server in self.servers}
+
+    async def start(self) -> None:
+        for server in self.servers:
+            await server.start()
+
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        for server in self.servers:
+            await server.shutdown(grace_s)

@@ -1,0 +1,90 @@
+"""OTLP/gRPC transport (grpc.aio): TraceService/Export and LogsService/Export.
+
+Requests arrive as raw bytes and are parsed here, so a malformed message is answered
+INVALID_ARGUMENT (grpc's own deserializer failure would be INTERNAL). Oversized messages are
+refused by grpc itself with RESOURCE_EXHAUSTED before they are read.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from collector.component import Refused
+from collector.receivers.otlp import MIB, GrpcSettings, Intake
+from collector.signals import InvalidBatch, Signal
+from collector.telemetry import log
+
+_SERVICES = {
+    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
+    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+}
+
+
+class OtlpGrpcServer:
+    def __init__(self, settings: GrpcSettings, intake: Intake) -> None:
+        self.settings = settings
+        self.intake = intake
+        self.address = str(settings.endpoint)
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        limit = self.settings.max_recv_msg_size_mib * MIB
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                # Without this a second sidecar could silently share the port.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        handlers = [
+            grpc.method_handlers_generic_handler(service, {"Export": self._export_handler(signal)})
+            for signal, service in _SERVICES.items()
+            if self.intake.serves(signal)
+        ]
+        server.add_generic_rpc_handlers(handlers)
+        endpoint = self.settings.endpoint
+        try:
+            port = server.add_insecure_port(endpoint)
+        except RuntimeError:
+            port = 0
+        if port == 0 and endpoint.port != 0:
+            raise OSError(f"{self.intake.transport}: cannot listen on {endpoint}")
+        self.address = f"{endpoint.host}:{port}"
+        await server.start()
+        self._server = server
+
+    async def shutdown(self, grace_s: float) -> None:
+        if self._server is not None:
+            # Refuses new calls at once; calls in flight get `grace_s` to finish.
+            await self._server.stop(grace_s)
+            self._server = None
+
+    def _export_handler(self, signal: Signal) -> grpc.RpcMethodHandler:
+        parse = signal.request_type.FromString
+        success = signal.success_response().SerializeToString()
+        intake = self.intake
+
+        async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                batch = parse(request)
+            except DecodeError:
+                intake.refused(signal, "invalid")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid OTLP protobuf message"
+                )
+            try:
+                await intake.accept(signal, batch)
+            except InvalidBatch as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            except Refused as refusal:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
+                )
+            except Exception:
+                log.exception("receiver_error", receiver=intake.transport, signal=signal.value)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            return success
+
+        # No (de)serializers: the handler parses bytes itself and answers pre-encoded bytes.
+        return grpc.unary_unary_rpc_method_handler(export)

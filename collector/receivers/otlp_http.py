@@ -1,0 +1,162 @@
+"""OTLP/HTTP transport (aiohttp): ``POST /v1/traces`` and ``POST /v1/logs``.
+
+Bodies are ``application/x-protobuf`` or ``application/json`` (OTLP/JSON), optionally
+``Content-Encoding: gzip``. The size limit applies to the body as sent and again to the body
+after decompression, which is done here with a bounded output so a gzip bomb costs nothing.
+Answers carry a ``google.rpc.Status`` in the request's encoding, as the OTLP spec asks.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from google.protobuf.message import DecodeError, Message
+from google.rpc.status_pb2 import Status
+
+from collector import otlp_json
+from collector.component import Refused
+from collector.receivers.otlp import MIB, HttpSettings, Intake
+from collector.signals import InvalidBatch, Signal
+from collector.telemetry import log
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_PATHS = {Signal.TRACES: "/v1/traces", Signal.LOGS: "/v1/logs"}
+# gRPC status codes carried in the Status body.
+_INVALID_ARGUMENT, _RESOURCE_EXHAUSTED, _UNAVAILABLE, _INTERNAL = 3, 8, 14, 13
+
+
+class TooLarge(ValueError):
+    pass
+
+
+class OtlpHttpServer:
+    def __init__(self, settings: HttpSettings, intake: Intake) -> None:
+        self.settings = settings
+        self.intake = intake
+        self.address = str(settings.endpoint)
+        self._limit = settings.max_request_body_size_mib * MIB
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=self._limit)
+        for signal, path in _PATHS.items():
+            if self.intake.serves(signal):
+                app.router.add_post(path, self._handler(signal))
+        # auto_decompress off: aiohttp would inflate gzip without our output bound.
+        runner = web.AppRunner(app, auto_decompress=False, access_log=None, handle_signals=False)
+        await runner.setup()
+        endpoint = self.settings.endpoint
+        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise OSError(
+                f"{self.intake.transport}: cannot listen on {endpoint}: {error.strerror}"
+            ) from None
+        port = runner.addresses[0][1]
+        self.address = f"{endpoint.host}:{port}"
+        self._runner = runner
+
+    async def shutdown(self, grace_s: float) -> None:
+        if self._runner is not None:
+            await self._runner.shutdown()
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _handler(self, signal: Signal) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            return await self._export(signal, request)
+
+        return handle
+
+    async def _export(self, signal: Signal, request: web.Request) -> web.Response:
+        intake = self.intake
+        content_type = request.content_type
+        if content_type not in (PROTOBUF, JSON):
+            intake.refused(signal, "unsupported")
+            return _status(
+                415,
+                _INVALID_ARGUMENT,
+                f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}",
+                PROTOBUF,
+            )
+        if request.content_length is not None and request.content_length > self._limit:
+            intake.refused(signal, "too_large")
+            return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            intake.refused(signal, "too_large")
+            return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            try:
+                body = gunzip(body, self._limit)
+            except TooLarge:
+                intake.refused(signal, "too_large")
+                return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
+            except zlib.error:
+                intake.refused(signal, "invalid")
+                return _status(400, _INVALID_ARGUMENT, "body is not valid gzip", content_type)
+        elif encoding != "identity":
+            intake.refused(signal, "unsupported")
+            return _status(
+                415,
+                _INVALID_ARGUMENT,
+                f"unsupported content encoding {encoding!r}; use gzip or none",
+                content_type,
+            )
+        try:
+            if content_type == PROTOBUF:
+                batch = signal.request_type.FromString(body)
+            else:
+                batch = otlp_json.decode(body, signal)
+        except (DecodeError, otlp_json.InvalidJson) as error:
+            intake.refused(signal, "invalid")
+            detail = str(error) if content_type == JSON else "not a valid OTLP protobuf message"
+            return _status(400, _INVALID_ARGUMENT, f"malformed request: {detail}", content_type)
+        try:
+            await intake.accept(signal, batch)
+        except InvalidBatch as error:
+            return _status(400, _INVALID_ARGUMENT, str(error), content_type)
+        except Refused as refusal:
+            response = _status(
+                503, _UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry", content_type
+            )
+            response.headers["Retry-After"] = str(max(1, round(refusal.retry_after_s)))
+            return response
+        except Exception:
+            log.exception("receiver_error", receiver=intake.transport, signal=signal.value)
+            return _status(500, _INTERNAL, "internal error", content_type)
+        return _encoded(200, signal.success_response(), content_type)
+
+    def _too_large(self) -> str:
+        return f"request body exceeds {self.settings.max_request_body_size_mib} MiB"
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate at most ``limit`` bytes; raises TooLarge past that, zlib.error on bad input."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise TooLarge
+    if not inflater.eof:
+        raise zlib.error("truncated gzip stream")
+    return out
+
+
+def _status(http_status: int, code: int, message: str, content_type: str) -> web.Response:
+    return _encoded(http_status, Status(code=code, message=message), content_type)
+
+
+def _encoded(http_status: int, message: Message, content_type: str) -> web.Response:
+    if content_type == JSON:
+        body = otlp_json.encode(message)
+    else:
+        content_type = PROTOBUF
+        body = message.SerializeToString()
+    return web.Response(status=http_status, body=body, content_type=content_type)

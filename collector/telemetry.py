@@ -1,0 +1,61 @@
+"""The sidecar's own telemetry: JSON log lines on stdout and Prometheus counters.
+
+Log events carry only the fields named in them; attribute values from user data and secrets
+(DSN, header values) never appear here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECEIVED = Counter(
+    "otelsidecar_receiver_accepted_items",
+    "Spans or log records accepted by a receiver.",
+    ["receiver", "signal"],
+    registry=REGISTRY,
+)
+REFUSED = Counter(
+    "otelsidecar_receiver_refused_items",
+    "Requests refused by a receiver, by reason (invalid, too_large, unsupported, memory_limit).",
+    ["receiver", "signal", "reason"],
+    registry=REGISTRY,
+)
+EXPORTED = Counter(
+    "otelsidecar_exporter_sent_items",
+    "Spans or log records an exporter delivered.",
+    ["exporter", "signal"],
+    registry=REGISTRY,
+)
+DROPPED = Counter(
+    "otelsidecar_dropped_items",
+    "Spans or log records dropped after they were accepted, by component and reason.",
+    ["component", "signal", "reason"],
+    registry=REGISTRY,
+)
+
+
+def configure_logging(level: str = "info") -> None:
+    """One JSON object per line on stdout, ISO timestamps, the level as a field."""
+    numeric = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries that log through the standard library (aiohttp, grpc) go to stderr, warnings up.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+
+log = structlog.get_logger("otel-sidecar")

@@ -1,0 +1,193 @@
+"""Config loading: each validation rule names the YAML path; env expansion; `validate`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector import config
+from collector.settings import ConfigError
+from tests.sidecar import ROOT
+
+VALID = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: 127.0.0.1:4317}
+processors:
+  batch: {timeout: 200ms, send_batch_size: 512}
+exporters:
+  file: {path: /tmp/out.jsonl}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [batch], exporters: [file]}
+"""
+
+
+def error_of(text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        config.parse_yaml(text, environ or {})
+    return str(caught.value)
+
+
+def test_valid_config_loads_typed_values() -> None:
+    loaded = config.parse_yaml(VALID, {})
+    batch = loaded.processors["batch"]
+    assert batch.timeout == pytest.approx(0.2)
+    assert batch.send_batch_size == 512
+    assert loaded.receivers["otlp"].protocols.http is None
+    assert loaded.receivers["otlp"].protocols.grpc.endpoint.port == 4317
+    assert loaded.service.grace_period == 20
+
+
+def test_reference_config_is_valid() -> None:
+    config.load(ROOT / "otel-config.yaml", {})
+
+
+def test_default_config_follows_environment() -> None:
+    loaded = config.default({"OTEL_SIDECAR_FILE_PATH": "/data/x.jsonl"})
+    assert loaded.exporters["file"].path == "/data/x.jsonl"
+    assert loaded.receivers["otlp"].protocols.grpc.endpoint == "127.0.0.1:4317"
+    assert set(loaded.service.pipelines) == {"traces", "logs"}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("timeout: 200ms", "timeout: soon"), "processors.batch.timeout: expected a duration"),
+        (("timeout: 200ms", "timeout: 2h"), "processors.batch.timeout: must be at most 60"),
+        (
+            ("send_batch_size: 512", "send_batch_size: 0"),
+            "processors.batch.send_batch_size: must be at least 1",
+        ),
+        (
+            ("send_batch_size: 512", "send_batch_size: many"),
+            "processors.batch.send_batch_size: expected an integer",
+        ),
+        (
+            ("send_batch_size: 512", "send_batch_size: true"),
+            "processors.batch.send_batch_size: expected an integer",
+        ),
+        (
+            ("send_batch_size: 512", "send_batch_sise: 5"),
+            "processors.batch.send_batch_sise: unknown key",
+        ),
+        (
+            ("endpoint: 127.0.0.1:4317", "endpoint: nowhere"),
+            "receivers.otlp.protocols.grpc.endpoint: expected host:port",
+        ),
+        (
+            ("endpoint: 127.0.0.1:4317", "endpoint: 127.0.0.1:99999"),
+            "receivers.otlp.protocols.grpc.endpoint: expected host:port",
+        ),
+        (("  batch: {", "  batchy: {"), "processors.batchy: unknown processor type"),
+        (
+            ("processors: [batch]", "processors: [batch2]"),
+            "service.pipelines.traces.processors[0]: processor 'batch2' is not configured",
+        ),
+        (
+            ("exporters: [file]", "exporters: []"),
+            "service.pipelines.traces.exporters: list at least",
+        ),
+        (
+            ("exporters: [file]", "exporters: [file, file]"),
+            "service.pipelines.traces.exporters[1]: 'file' is listed twice",
+        ),
+        (("traces: {", "metrics: {"), "service.pipelines.metrics: pipeline names are"),
+        (
+            ("grpc: {endpoint: 127.0.0.1:4317}", "{}"),
+            "receivers.otlp.protocols: enable at least one",
+        ),
+        (
+            ("file: {path: /tmp/out.jsonl}", "file: {path: 7, mode: x}"),
+            "exporters.file.mode: unknown",
+        ),
+        (("file: {path: /tmp/out.jsonl}", "file: [a]"), "exporters.file: expected a mapping"),
+    ],
+)
+def test_validation_names_the_yaml_path(change: tuple[str, str], expected: str) -> None:
+    old, new = change
+    assert old in VALID
+    assert error_of(VALID.replace(old, new, 1)).startswith(expected)
+
+
+def test_unknown_top_level_key() -> None:
+    assert error_of(VALID + "extra: 1\n").startswith("extra: unknown key")
+
+
+def test_missing_service() -> None:
+    assert error_of(VALID.split("service:")[0]).startswith("service: required")
+
+
+def test_not_yaml() -> None:
+    assert "not valid YAML at line" in error_of("receivers: [\n")
+
+
+def test_env_expansion_with_and_without_default() -> None:
+    text = VALID.replace("send_batch_size: 512", 'send_batch_size: "${env:BATCH_SIZE:-64}"')
+    text = text.replace("/tmp/out.jsonl", '"${env:OUT_DIR}/out.jsonl"')
+    loaded = config.parse_yaml(text, {"OUT_DIR": "/var/data"})
+    assert loaded.processors["batch"].send_batch_size == 64
+    assert loaded.exporters["file"].path == "/var/data/out.jsonl"
+    loaded = config.parse_yaml(text, {"OUT_DIR": "/x", "BATCH_SIZE": "8"})
+    assert loaded.processors["batch"].send_batch_size == 8
+
+
+def test_env_unset_without_default_is_an_error() -> None:
+    text = VALID.replace("/tmp/out.jsonl", '"${env:OUT_DIR}/out.jsonl"')
+    assert error_of(text) == (
+        "exporters.file.path: environment variable OUT_DIR is not set "
+        "(write ${env:OUT_DIR:-} to allow an empty default)"
+    )
+
+
+def test_env_value_is_validated_like_yaml() -> None:
+    text = VALID.replace("send_batch_size: 512", 'send_batch_size: "${env:BATCH_SIZE}"')
+    assert error_of(text, {"BATCH_SIZE": "-3"}).startswith(
+        "processors.batch.send_batch_size: must be at least 1"
+    )
+
+
+def run_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "validate", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_validate_command_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(VALID)
+    result = run_validate(good)
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace("timeout: 200ms", "timeout: -1s"))
+    result = run_validate(bad)
+    assert result.returncode == 2
+    assert "processors.batch.timeout:" in result.stderr
+
+    result = run_validate(tmp_path / "missing.yaml")
+    assert result.returncode == 2
+    assert "cannot read config file" in result.stderr
+
+
+def test_run_with_invalid_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace("send_batch_size: 512", "send_batch_size: 0"))
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "run", "--config", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "processors.batch.send_batch_size: must be at least 1" in result.stderr
