@@ -24,7 +24,9 @@ run: $(READY)  ## the sidecar in the foreground: make run [CONFIG=otel-config.ya
 	$(BIN)/otel-sidecar run $(if $(CONFIG),--config $(CONFIG))
 
 bench: $(READY)  ## throughput against a bare gRPC ceiling; figures go in bench/RESULTS.md
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/throughput.py --pipeline basic
+	$(BIN)/python bench/throughput.py --pipeline reference
+	$(BIN)/python bench/processors.py
 
 format: $(READY)
 	$(BIN)/ruff format .

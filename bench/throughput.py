@@ -1,13 +1,15 @@
 """Throughput of the sidecar's OTLP/gRPC trace path, against a bare grpc.aio ceiling.
 
-Usage: ``.venv/bin/python bench/throughput.py [--seconds N] [--connections C] [--json]``
+Usage: ``.venv/bin/python bench/throughput.py [--seconds N] [--connections C]
+[--pipeline basic|reference] [--rate R] [--json]``
 
-One ``ExportTraceServiceRequest`` of 512 realistic spans is encoded once, and a load generator
-in its own process keeps C Export calls in flight for N seconds, sending those same bytes.
-It runs twice:
+64 ``ExportTraceServiceRequest``s of 512 realistic spans (8 traces of 64, different trace ids)
+are encoded once; a load generator in its own process keeps C Export calls in flight for N
+seconds, sending them in turn. It runs twice:
 
-* ``sidecar``: ``python -m collector run`` with an ``otlp`` (gRPC) receiver, a ``batch``
-  processor and a ``file`` exporter, i.e. parse, validate, batch, OTLP/JSON-encode and write.
+* ``sidecar``: ``python -m collector run`` with an ``otlp`` (gRPC) receiver, a ``file``
+  exporter and either the ``batch`` processor alone (``basic``) or the reference trace
+  processors memory_limiter, slow_spans, sampler (``--rate``, 0.1), scrubber, batch.
 * ``ceiling``: a bare ``grpc.aio`` server whose handler only parses the request and drops it,
   the most a Python grpc.aio receiver could accept on this machine.
 
@@ -16,7 +18,8 @@ seconds during the load window (utime+stime from ``/proc/<pid>/stat``), and span
 CPU-second. How to read it: spans per CPU-second is the cost figure and the steadier one;
 spans/s also depends on how many cores are free, and the load generator competes for them.
 The ratios sidecar/ceiling say what share of the bare receiver's throughput (and efficiency)
-the sidecar's pipeline keeps. Spans written (file lines x 512) should equal spans accepted.
+the sidecar's pipeline keeps. With ``basic`` spans written equal spans accepted; with
+``reference`` about a tenth is written (the file exporter takes sampled traces only).
 """
 
 from __future__ import annotations
@@ -56,19 +59,31 @@ SPANS_PER_TRACE = 64
 SPANS_PER_REQUEST = TRACES * SPANS_PER_TRACE
 STARTUP_TIMEOUT_S = 20.0
 SPAWN = multiprocessing.get_context("spawn")
+MS = 1_000_000  # nanoseconds
+PAYLOADS = 64  # distinct pre-encoded requests, sent in turn
 
+PIPELINES = {
+    # Receive, batch, write: the cost of the core path and the file exporter.
+    "basic": "[batch]",
+    # The reference config's trace pipeline, sampling at the seed's recommended 10 %.
+    "reference": "[memory_limiter, slow_spans, sampler, scrubber, batch]",
+}
 CONFIG = """\
 receivers:
   otlp:
     protocols:
       grpc: {{endpoint: "127.0.0.1:0"}}
 processors:
-  batch: {{timeout: 200ms, send_batch_size: {batch}}}
+  memory_limiter: {{limit_mib: 512}}
+  slow_spans: {{}}
+  sampler: {{rate: {rate}}}
+  scrubber: {{}}
+  batch: {{timeout: 200ms, send_batch_size: 512}}
 exporters:
-  file: {{path: "{path}"}}
+  file: {{path: "{{path}}"}}
 service:
   pipelines:
-    traces: {{receivers: [otlp], processors: [batch], exporters: [file]}}
+    traces: {{receivers: [otlp], processors: {processors}, exporters: [file]}}
 """
 
 
@@ -125,7 +140,7 @@ def _db_attributes(rng: random.Random, item: int) -> dict[str, AttributeValue]:
 
 
 def _http_client_attributes(rng: random.Random, item: int) -> dict[str, AttributeValue]:
-    status = 200 if rng.random() < 0.97 else 503
+    status = 200 if rng.random() < 0.999 else 503
     return {
         "http.request.method": "GET",
         "url.full": f"http://pricing.internal:8080/v2/prices/{item}?currency=EUR",
@@ -163,7 +178,11 @@ def _child_span(rng: random.Random, trace_id: bytes, parent: Span, item: int) ->
     name, kind, make_attributes = rng.choice(_CHILD_KINDS)
     attributes = make_attributes(rng, item)
     start = rng.randrange(parent.start_time_unix_nano, parent.end_time_unix_nano)
-    end = rng.randrange(start + 1, parent.end_time_unix_nano + 1)
+    # Mostly a few milliseconds; one child in fifty takes up to the rest of its parent.
+    longest = parent.end_time_unix_nano - start
+    end = start + rng.randrange(
+        1, longest + 1 if rng.random() < 0.02 else min(longest, MS * 20) + 1
+    )
     span = Span(
         trace_id=trace_id,
         span_id=rng.randbytes(8),
@@ -183,14 +202,16 @@ def _trace(rng: random.Random, start_ns: int) -> list[Span]:
     """A SERVER root and 63 descendants; each parent is the root or an INTERNAL span."""
     trace_id = rng.randbytes(16)
     item = rng.randrange(1, 100_000)
-    status = 200 if rng.random() < 0.9 else 500
+    status = 200 if rng.random() < 0.99 else 500  # the seed's target: error rate < 1 %
+    # Most requests take 20-300 ms; one in fifty is slow (1-3 s).
+    duration_ms = rng.randrange(1000, 3000) if rng.random() < 0.02 else rng.randrange(20, 300)
     root = Span(
         trace_id=trace_id,
         span_id=rng.randbytes(8),
         name="GET /api/items/{id}",
         kind=Span.SPAN_KIND_SERVER,
         start_time_unix_nano=start_ns,
-        end_time_unix_nano=start_ns + rng.randrange(20, 500) * 1_000_000,
+        end_time_unix_nano=start_ns + duration_ms * MS,
         attributes=_attributes(_server_attributes(rng, item, status)),
         status=Status(code=Status.STATUS_CODE_OK if status == 200 else Status.STATUS_CODE_ERROR),
     )
@@ -238,12 +259,14 @@ class LoadResult:
     elapsed_s: float
 
 
-def _load_main(conn: Connection, target: str, payload: bytes, seconds: float, calls: int) -> None:
-    conn.send(asyncio.run(_drive(conn, target, payload, seconds, calls)))
+def _load_main(
+    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int
+) -> None:
+    conn.send(asyncio.run(_drive(conn, target, payloads, seconds, calls)))
 
 
 async def _drive(
-    conn: Connection, target: str, payload: bytes, seconds: float, calls: int
+    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int
 ) -> LoadResult:
     import grpc
 
@@ -256,15 +279,18 @@ async def _drive(
         started = time.monotonic()
         deadline = started + seconds
 
-        async def worker() -> None:
+        async def worker(offset: int) -> None:
+            sent = offset
             while time.monotonic() < deadline:
+                sent += 1
                 try:
-                    await export(payload, timeout=30)
+                    # Requests differ in trace ids, so sampling keeps its share, not all or none.
+                    await export(payloads[sent % len(payloads)], timeout=30)
                     ok[0] += 1
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] += 1
 
-        await asyncio.gather(*(worker() for _ in range(calls)))
+        await asyncio.gather(*(worker(index * 7) for index in range(calls)))
         return LoadResult(ok[0], dict(errors), time.monotonic() - started)
 
 
@@ -292,12 +318,12 @@ class Measurement:
 
 
 def measure(
-    server_pid: int, target: str, payload: bytes, seconds: float, calls: int
+    server_pid: int, target: str, payloads: list[bytes], seconds: float, calls: int
 ) -> Measurement:
     """Run the load generator against `target`, reading the server's CPU around the window."""
     parent, child = SPAWN.Pipe()
     load = SPAWN.Process(
-        target=_load_main, args=(child, target, payload, seconds, calls), name="bench-load"
+        target=_load_main, args=(child, target, payloads, seconds, calls), name="bench-load"
     )
     load.start()
     child.close()
@@ -387,24 +413,25 @@ class SidecarReport:
 
 
 def _problems(lines: list[str]) -> list[str]:
-    """Log lines at warning level or above."""
+    """Log lines at warning level or above, but for the slow-span events the payload causes."""
     found = []
     for line in lines:
         try:
-            level = json.loads(line).get("level", "")
+            event = json.loads(line)
+            level, name = event.get("level", ""), event.get("event")
         except (json.JSONDecodeError, AttributeError):
-            level = "unparsed"
-        if level not in ("info", "debug"):
+            level, name = "unparsed", None
+        if level not in ("info", "debug") and name not in ("slow_request", "slow_query"):
             found.append(line)
     return found
 
 
 def run_sidecar(
-    payload: bytes, seconds: float, calls: int, workdir: Path
+    payloads: list[bytes], seconds: float, calls: int, workdir: Path, config_text: str
 ) -> tuple[Measurement, SidecarReport]:
     output = workdir / "bench.jsonl"
     config = workdir / "config.yaml"
-    config.write_text(CONFIG.format(batch=SPANS_PER_REQUEST, path=output))
+    config.write_text(config_text.replace("{path}", str(output)))
     process = subprocess.Popen(
         [sys.executable, "-m", "collector", "run", "--config", str(config)],
         cwd=REPO_ROOT,
@@ -417,7 +444,7 @@ def run_sidecar(
     report = SidecarReport()
     try:
         target = wait_for_start(stdout, STARTUP_TIMEOUT_S)
-        result = measure(process.pid, target, payload, seconds, calls)
+        result = measure(process.pid, target, payloads, seconds, calls)
         wait_until_stable(output)
         process.send_signal(signal.SIGTERM)
         report.exit_code = process.wait(30)
@@ -431,8 +458,7 @@ def run_sidecar(
         report.log_problems = _problems(stdout.lines)
         if report.exit_code is None:
             _dump(report, stdout.lines)
-    with output.open("rb") as lines:
-        result.spans_written = sum(1 for _ in lines) * SPANS_PER_REQUEST
+    result.spans_written = count_spans(output)
     return result, report
 
 
@@ -471,7 +497,9 @@ async def _serve_ceiling(conn: Connection) -> None:
     await server.stop(1)
 
 
-def run_ceiling(payload: bytes, seconds: float, calls: int) -> tuple[Measurement, int | None]:
+def run_ceiling(
+    payloads: list[bytes], seconds: float, calls: int
+) -> tuple[Measurement, int | None]:
     parent, child = SPAWN.Pipe()
     server = SPAWN.Process(target=_ceiling_main, args=(child,), name="bench-ceiling")
     server.start()
@@ -479,7 +507,7 @@ def run_ceiling(payload: bytes, seconds: float, calls: int) -> tuple[Measurement
     try:
         target = _expect(parent, None, STARTUP_TIMEOUT_S, "ceiling server did not start")
         assert server.pid is not None
-        result = measure(server.pid, target, payload, seconds, calls)
+        result = measure(server.pid, target, payloads, seconds, calls)
         server.terminate()  # SIGTERM
         server.join(30)
     finally:
@@ -492,13 +520,24 @@ def run_ceiling(payload: bytes, seconds: float, calls: int) -> tuple[Measurement
 # --- report ----------------------------------------------------------------------------------
 
 
+def count_spans(path: Path) -> int:
+    """Spans in the file exporter's output (sampling writes fewer than were accepted)."""
+    with path.open("rb") as lines:
+        return sum(
+            len(scope["spans"])
+            for line in lines
+            for resource in json.loads(line)["resourceSpans"]
+            for scope in resource["scopeSpans"]
+        )
+
+
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
 def results(
     args: argparse.Namespace,
-    payload: bytes,
+    payloads: list[bytes],
     sidecar: tuple[Measurement, SidecarReport],
     ceiling: tuple[Measurement, int | None],
 ) -> dict[str, Any]:
@@ -507,7 +546,8 @@ def results(
         "seconds": args.seconds,
         "connections": args.connections,
         "spans_per_request": SPANS_PER_REQUEST,
-        "request_bytes": len(payload),
+        "pipeline": args.pipeline,
+        "request_bytes": len(payloads[0]),
         "sidecar": {**asdict(side), **asdict(report)},
         "ceiling": {**asdict(top), "exit_code": ceiling_exit},
         "ratios": {
@@ -553,13 +593,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="load per phase (10)")
     parser.add_argument("--connections", type=int, default=4, help="calls in flight (4)")
+    parser.add_argument(
+        "--pipeline",
+        choices=PIPELINES,
+        default="basic",
+        help="basic: batch only; reference: the reference trace processors",
+    )
+    parser.add_argument("--rate", type=float, default=0.1, help="sampler rate (reference)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    payload = build_request().SerializeToString()
+    payloads = [build_request(seed).SerializeToString() for seed in range(PAYLOADS)]
+    config = CONFIG.format(processors=PIPELINES[args.pipeline], rate=args.rate)
     with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp:
-        sidecar = run_sidecar(payload, args.seconds, args.connections, Path(tmp))
-    ceiling = run_ceiling(payload, args.seconds, args.connections)
-    data = results(args, payload, sidecar, ceiling)
+        sidecar = run_sidecar(payloads, args.seconds, args.connections, Path(tmp), config)
+    ceiling = run_ceiling(payloads, args.seconds, args.connections)
+    data = results(args, payloads, sidecar, ceiling)
     if args.json:
         print(json.dumps(data))
     else:

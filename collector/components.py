@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.processors.batch import BatchProcessor, BatchSettings
+from collector.processors.memory_limiter import MemoryLimiter, MemoryLimiterSettings
+from collector.processors.sampler import Sampler, SamplerSettings
+from collector.processors.scrubber import Scrubber, ScrubberSettings
+from collector.processors.slow_spans import SlowSpans, SlowSpansSettings
 from collector.receivers.otlp import OtlpReceiver, OtlpReceiverSettings
 from collector.signals import Signal
 from exporters.file import FileExporter, FileSettings
 
 BOTH = frozenset(Signal)
+TRACES = frozenset({Signal.TRACES})
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,10 @@ RECEIVERS: dict[str, Kind] = {
     "otlp": Kind(OtlpReceiverSettings, OtlpReceiver),
 }
 PROCESSORS: dict[str, Kind] = {
+    "memory_limiter": Kind(MemoryLimiterSettings, MemoryLimiter),
+    "slow_spans": Kind(SlowSpansSettings, SlowSpans, TRACES),
+    "sampler": Kind(SamplerSettings, Sampler, TRACES),
+    "scrubber": Kind(ScrubberSettings, Scrubber),
     "batch": Kind(BatchSettings, BatchProcessor),
 }
 EXPORTERS: dict[str, Kind] = {

@@ -27,13 +27,23 @@ receivers:
       grpc: {endpoint: "${env:OTEL_SIDECAR_GRPC_ENDPOINT:-127.0.0.1:4317}"}
       http: {endpoint: "${env:OTEL_SIDECAR_HTTP_ENDPOINT:-127.0.0.1:4318}"}
 processors:
+  memory_limiter: {limit_mib: "${env:OTEL_SIDECAR_MEMORY_LIMIT_MIB:-256}"}
+  slow_spans: {}
+  sampler: {rate: "${env:SENTRY_TRACES_SAMPLE_RATE:-1.0}"}
+  scrubber: {}
   batch: {}
 exporters:
   file: {path: "${env:OTEL_SIDECAR_FILE_PATH:-./sidecar-out/telemetry.jsonl}"}
 service:
   pipelines:
-    traces: {receivers: [otlp], processors: [batch], exporters: [file]}
-    logs: {receivers: [otlp], processors: [batch], exporters: [file]}
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, slow_spans, sampler, scrubber, batch]
+      exporters: [file]
+    logs:
+      receivers: [otlp]
+      processors: [memory_limiter, scrubber, batch]
+      exporters: [file]
 """
 
 _PIPELINE_NAME = re.compile(r"(traces|logs)(/[A-Za-z0-9_.-]+)?")

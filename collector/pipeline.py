@@ -12,21 +12,37 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from collector import components
 from collector.component import Consumer
 from collector.config import Config
+from collector.sampling import without_errors_only
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, log
 
 
 class FanOut:
-    """Hands one batch to every exporter of a pipeline; one failing never stops the others."""
+    """Hands one batch to every exporter of a pipeline; one failing never stops the others.
+
+    Unsampled error spans (see :mod:`collector.sampling`) go only to exporters that declare
+    ``accepts_unsampled_errors``; the others get the batch without them.
+    """
 
     def __init__(self, exporters: Sequence[Any]) -> None:
         self._exporters = list(exporters)
+        self._error_paths = [getattr(e, "accepts_unsampled_errors", False) for e in exporters]
 
     async def consume(self, batch: Batch) -> None:
-        await asyncio.gather(*(self._deliver(exporter, batch) for exporter in self._exporters))
+        sampled: Batch | None = batch
+        if isinstance(batch, ExportTraceServiceRequest) and not all(self._error_paths):
+            sampled = without_errors_only(batch)
+        deliveries = [
+            self._deliver(exporter, batch if error_path else sampled)
+            for exporter, error_path in zip(self._exporters, self._error_paths, strict=True)
+            if error_path or sampled is not None
+        ]
+        await asyncio.gather(*deliveries)
 
     async def _deliver(self, exporter: Any, batch: Batch) -> None:
         try:

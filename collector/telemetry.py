@@ -32,10 +32,28 @@ EXPORTED = Counter(
     ["exporter", "signal"],
     registry=REGISTRY,
 )
+SAMPLED = Counter(
+    "otelsidecar_sampler_kept_spans",
+    "Spans the sampler kept (dropped ones count in otelsidecar_dropped_items, sampled_out).",
+    ["processor"],
+    registry=REGISTRY,
+)
+SLOW = Counter(
+    "otelsidecar_slow_spans",
+    "Slow spans marked and logged, by event (slow_request, slow_query).",
+    ["processor", "event"],
+    registry=REGISTRY,
+)
 DROPPED = Counter(
     "otelsidecar_dropped_items",
     "Spans or log records dropped after they were accepted, by component and reason.",
     ["component", "signal", "reason"],
+    registry=REGISTRY,
+)
+SCRUBBED = Counter(
+    "otelsidecar_scrubbed_values",
+    "Values the scrubber replaced or removed, by rule (one per value and rule).",
+    ["rule"],
     registry=REGISTRY,
 )
 

@@ -191,3 +191,32 @@ def test_run_with_invalid_config_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "processors.batch.send_batch_size: must be at least 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected"),
+    [
+        ("1.5", "processors.sampler.rate: must be at most 1, got 1.5"),
+        ("-0.1", "processors.sampler.rate: must be at least 0, got -0.1"),
+        ("ten percent", "processors.sampler.rate: expected a number, got 'ten percent'"),
+    ],
+)
+def test_sample_rate_from_environment_is_validated(rate: str, expected: str) -> None:
+    """SENTRY_TRACES_SAMPLE_RATE outside [0, 1] stops the start, naming the key."""
+    assert error_of(config.DEFAULT_YAML, {"SENTRY_TRACES_SAMPLE_RATE": rate}) == expected
+
+
+def test_default_sample_rate_comes_from_environment() -> None:
+    loaded = config.default({"SENTRY_TRACES_SAMPLE_RATE": "0.1"})
+    assert loaded.processors["sampler"].rate == 0.1
+    assert config.default({}).processors["sampler"].rate == 1.0
+
+
+def test_trace_only_processor_in_logs_pipeline_is_refused() -> None:
+    text = VALID.replace("processors:\n", "processors:\n  sampler: {rate: 0.5}\n").replace(
+        "traces: {receivers: [otlp], processors: [batch]",
+        "logs: {receivers: [otlp], processors: [sampler, batch]",
+    )
+    assert error_of(text) == (
+        "service.pipelines.logs.processors[0]: 'sampler' does not handle logs"
+    )

@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 from collector.component import Consumer
+from collector.memory import HELD
 from collector.settings import Duration, setting
 from collector.signals import Batch, Signal, item_count
 
@@ -30,6 +31,7 @@ class BatchProcessor:
         self._next = next
         self._pending: Batch | None = None
         self._pending_items = 0
+        self._pending_bytes = 0  # held in collector.memory until sent
         self._timer: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()
 
@@ -48,6 +50,9 @@ class BatchProcessor:
             )
         self._pending.MergeFrom(batch)  # appends the resource lists
         self._pending_items += count
+        size = batch.ByteSize()
+        self._pending_bytes += size
+        HELD.hold(size)
         if self._pending_items >= self._settings.send_batch_size:
             await self._send()
 
@@ -59,11 +64,16 @@ class BatchProcessor:
 
     async def _send(self) -> None:
         batch, self._pending, self._pending_items = self._pending, None, 0
+        size, self._pending_bytes = self._pending_bytes, 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if batch is not None:
+        if batch is None:
+            return
+        try:
             await self._next.consume(batch)
+        finally:
+            HELD.release(size)
 
     def _send_on_timeout(self) -> None:
         self._timer = None

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from collector.component import Consumer
+from collector.memory import HELD
 from collector.settings import ConfigError, Endpoint, setting
 from collector.signals import Batch, Signal, validate
 from collector.telemetry import RECEIVED, REFUSED
@@ -62,15 +63,20 @@ class Intake:
     def refused(self, signal: Signal, reason: str) -> None:
         REFUSED.labels(self.transport, signal.value, reason).inc()
 
-    async def accept(self, signal: Signal, batch: Batch) -> None:
-        """Raises InvalidBatch or Refused; both are counted here."""
+    async def accept(self, signal: Signal, batch: Batch, wire_size: int) -> None:
+        """Raises InvalidBatch or Refused; both are counted here.
+
+        The request's bytes count as held in flight (for the memory limiter) until the
+        pipeline has taken the batch.
+        """
         try:
             count = validate(batch)
         except ValueError:
             self.refused(signal, "invalid")
             raise
         try:
-            await self._consumers[signal].consume(batch)
+            with HELD.request(wire_size):
+                await self._consumers[signal].consume(batch)
         except Exception as error:
             self.refused(signal, getattr(error, "reason", "internal"))
             raise

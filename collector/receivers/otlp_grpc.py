@@ -74,7 +74,7 @@ class OtlpGrpcServer:
                     grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid OTLP protobuf message"
                 )
             try:
-                await intake.accept(signal, batch)
+                await intake.accept(signal, batch, len(request))
             except InvalidBatch as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except Refused as refusal:

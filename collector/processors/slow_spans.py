@@ -1,0 +1,122 @@
+"""The ``slow_spans`` processor (traces): marks slow requests and queries, and logs each one.
+
+It runs before the sampler, so it sees every span. A SERVER span longer than
+``threshold_ms`` and a DB client span (one with ``db.system``/``db.system.name``) longer than
+``db_threshold_ms`` get the attribute ``slow=true`` (a ``slow:true`` tag in Sentry), and the
+sidecar logs the seed's JSON line for each, values scrubbed:
+
+    {"event": "slow_request", "path", "method", "duration_ms", "threshold_ms", "user_id",
+     "trace_id"}
+    {"event": "slow_query", "statement", "db_system", "duration_ms", "threshold_ms",
+     "user_id", "trace_id"}
+
+Per span only the duration is computed; attributes are read for slow spans alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from collector.attributes import first, has
+from collector.component import Consumer
+from collector.processors.scrubber import scrub_text
+from collector.settings import setting
+from collector.signals import Signal
+from collector.telemetry import SLOW, log
+
+_SERVER, _CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
+_MS = 1_000_000  # nanoseconds
+
+
+@dataclass(frozen=True)
+class SlowSpansSettings:
+    threshold_ms: float = setting(1000.0, minimum=0)
+    db_threshold_ms: float = setting(100.0, minimum=0)
+
+
+class SlowSpans:
+    def __init__(self, name: str, settings: SlowSpansSettings, signal: Signal, next: Consumer):
+        self.name = name
+        self._server_ns = settings.threshold_ms * _MS
+        self._db_ns = settings.db_threshold_ms * _MS
+        self._settings = settings
+        self._next = next
+        self._requests = SLOW.labels(name, "slow_request")
+        self._queries = SLOW.labels(name, "slow_query")
+
+    async def start(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+    async def consume(self, batch: ExportTraceServiceRequest) -> None:
+        self.mark(batch)
+        await self._next.consume(batch)
+
+    def mark(self, batch: ExportTraceServiceRequest) -> int:
+        """Mark and log the slow spans of a batch; returns how many there were."""
+        shortest = min(self._server_ns, self._db_ns)
+        found = 0
+        for resource_spans in batch.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    if span.end_time_unix_nano - span.start_time_unix_nano > shortest:
+                        found += self._check(span)
+        return found
+
+    def _check(self, span: Span) -> int:
+        duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
+        attributes = span.attributes
+        if span.kind == _SERVER and duration_ns > self._server_ns:
+            event = self._request_event(span, duration_ns)
+            self._requests.inc()
+        elif (
+            span.kind == _CLIENT
+            and duration_ns > self._db_ns
+            and (has(attributes, "db.system.name") or has(attributes, "db.system"))
+        ):
+            event = self._query_event(span, duration_ns)
+            self._queries.inc()
+        else:
+            return 0
+        if not has(attributes, "slow"):
+            attributes.add(key="slow").value.bool_value = True
+        log.warning(**event)
+        return 1
+
+    def _request_event(self, span: Span, duration_ns: int) -> dict[str, Any]:
+        path = first(span.attributes, "http.route", "url.path", "http.target")
+        if isinstance(path, str):
+            path = scrub_text(path.partition("?")[0])
+        return {
+            "event": "slow_request",
+            "path": path,
+            "method": first(span.attributes, "http.request.method", "http.method"),
+            **self._common(span, duration_ns, self._settings.threshold_ms),
+        }
+
+    def _query_event(self, span: Span, duration_ns: int) -> dict[str, Any]:
+        statement = first(span.attributes, "db.query.text", "db.statement")
+        return {
+            "event": "slow_query",
+            "statement": scrub_text(statement, key="db.statement")
+            if isinstance(statement, str)
+            else None,
+            "db_system": first(span.attributes, "db.system.name", "db.system"),
+            **self._common(span, duration_ns, self._settings.db_threshold_ms),
+        }
+
+    @staticmethod
+    def _common(span: Span, duration_ns: int, threshold_ms: float) -> dict[str, Any]:
+        user_id = first(span.attributes, "enduser.id")
+        return {
+            "duration_ms": round(duration_ns / _MS, 2),
+            "threshold_ms": float(threshold_ms),
+            "user_id": scrub_text(user_id) if isinstance(user_id, str) else user_id,
+            "trace_id": span.trace_id.hex(),
+        }

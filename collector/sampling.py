@@ -1,0 +1,68 @@
+"""Consistent probability sampling from the trace id, and how kept errors are marked.
+
+The rule is the OpenTelemetry threshold rule: R, the low 56 bits of the trace id, is the
+trace's randomness; a trace is kept at rate p iff R >= (1 - p) * 2**56. Every sidecar in every
+pod computes the same answer for a trace, with no coordination, and a trace kept at rate p is
+kept at any higher rate.
+
+Errors are not sampled away: the sampler moves the error spans of dropped traces into
+ResourceSpans of their own, marked with the resource attribute :data:`ERRORS_ONLY`. Only
+exporters that declare ``accepts_unsampled_errors`` (Sentry's error path) receive them; the
+fan-out removes them for every other exporter.
+"""
+
+from __future__ import annotations
+
+import math
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+RANDOMNESS_BITS = 56
+SCALE = 1 << RANDOMNESS_BITS
+ERRORS_ONLY = "otel_sidecar.unsampled_errors"
+
+
+def threshold(rate: float) -> int:
+    """Smallest R kept at this rate: 0 keeps everything, 2**56 nothing.
+
+    Rounded towards keeping (ceil) so that :func:`sample_rand` agrees at the boundary.
+    """
+    return SCALE - math.ceil(rate * SCALE)
+
+
+def randomness(trace_id: bytes) -> int:
+    return int.from_bytes(trace_id[-7:], "big")
+
+
+def sample_rand(trace_id: bytes) -> float:
+    """Sentry's ``sample_rand`` in [0, 1) for this trace: ``sample_rand < rate`` exactly when
+    the threshold rule keeps the trace at ``rate``, for every rate.
+
+    It is (2**56 - 1 - R) / 2**56, rounded down to a float (53 bits) so that rounding can never
+    carry it across a rate; repr() of it round-trips, so Sentry reads the same number.
+    """
+    complement = SCALE - 1 - randomness(trace_id)
+    spare_bits = max(0, complement.bit_length() - 53)
+    return ((complement >> spare_bits) << spare_bits) / SCALE
+
+
+def is_errors_only(resource_spans: ResourceSpans) -> bool:
+    return any(kv.key == ERRORS_ONLY for kv in resource_spans.resource.attributes)
+
+
+def without_errors_only(batch: ExportTraceServiceRequest) -> ExportTraceServiceRequest | None:
+    """The batch as the sampled-traces exporters should see it (None if nothing is left).
+
+    Returns the batch itself, uncopied, when it carries no unsampled errors: the usual case.
+    """
+    marked = [is_errors_only(rs) for rs in batch.resource_spans]
+    if not any(marked):
+        return batch
+    if all(marked):
+        return None
+    kept = ExportTraceServiceRequest()
+    kept.resource_spans.extend(
+        rs for rs, m in zip(batch.resource_spans, marked, strict=True) if not m
+    )
+    return kept

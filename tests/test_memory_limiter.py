@@ -1,0 +1,146 @@
+"""Admission control: with a stalled exporter the receivers answer 503 / UNAVAILABLE instead of
+growing, and accept again once the exporter drains; the SDK's retry then delivers the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from collector.processors.memory_limiter import MemoryLimiterSettings
+from collector.settings import ConfigError
+from tests.sidecar import BASIC_CONFIG, Sidecar
+from tests.test_receivers import TRACE_EXPORT, post, trace_request
+
+# Refuse above 1 MiB held; pass each request straight to the (stalled) file exporter.
+LIMITED_CONFIG = (
+    BASIC_CONFIG.replace(
+        "processors:\n", "processors:\n  memory_limiter: {limit_mib: 2, spike_limit_mib: 1}\n"
+    )
+    .replace("timeout: 50ms, send_batch_size: 512", "timeout: 50ms, send_batch_size: 1")
+    .replace(
+        "processors: [batch], exporters: [file]}\n    logs",
+        "processors: [memory_limiter, batch], exporters: [file]}\n    logs",
+    )
+)
+
+
+class StalledPipe:
+    """The file exporter's output is a FIFO nobody reads until ``drain()``: a stalled sink."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True)
+        os.mkfifo(path)
+        # Open the read end first so the exporter's open() does not block; read nothing yet.
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.received = bytearray()
+        self._stop = threading.Event()
+
+    def drain(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                chunk = os.read(self._fd, 1 << 20)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if chunk:
+                self.received += chunk
+            else:
+                time.sleep(0.01)
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in bytes(self.received).splitlines()]
+
+    def close(self) -> None:
+        self._stop.set()
+        os.close(self._fd)
+
+
+def big_request(tag: str) -> bytes:
+    request = trace_request(spans=1, name=tag)
+    request.resource_spans[0].scope_spans[0].spans[0].attributes.add(
+        key="payload"
+    ).value.string_value = "x" * 400_000
+    return request.SerializeToString()
+
+
+def probe_grpc(sidecar: Sidecar) -> grpc.StatusCode:
+    with grpc.insecure_channel(sidecar.endpoints["otlp_grpc"]) as channel:
+        try:
+            channel.unary_unary(TRACE_EXPORT)(trace_request().SerializeToString(), timeout=0.5)
+        except grpc.RpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_stalled_exporter_gives_backpressure_then_recovers(tmp_path: Path) -> None:
+    sidecar = Sidecar(tmp_path, LIMITED_CONFIG)
+    pipe = StalledPipe(sidecar.output)
+    with sidecar:
+        # Three 400 kB requests get stuck behind the stalled exporter and hold 1.2 MB.
+        stuck = [
+            threading.Thread(
+                target=post, args=(sidecar, "/v1/traces", big_request(f"s{i}")), daemon=True
+            )
+            for i in range(3)
+        ]
+        for thread in stuck:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while probe_grpc(sidecar) != grpc.StatusCode.UNAVAILABLE:
+            assert time.monotonic() < deadline, "the limiter never refused"
+        status, _, headers = post(sidecar, "/v1/traces", trace_request().SerializeToString())
+        assert status == 503
+        assert headers["Retry-After"] == "1"
+
+        # The SDK's own HTTP exporter is refused too, retries, and gets through after the drain.
+        provider = TracerProvider(resource=Resource.create({"service.name": "retrying"}))
+        exporter = OTLPSpanExporter(endpoint=sidecar.url("/v1/traces"), timeout=30)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        result: list[object] = []
+        sdk = threading.Thread(
+            target=lambda: result.append(
+                provider.get_tracer("t").start_span("after the stall").end()
+            ),
+            daemon=True,
+        )
+        sdk.start()
+        time.sleep(1.5)  # let it be refused at least once
+        pipe.drain()
+        sdk.join(40)
+        assert not sdk.is_alive()
+        for thread in stuck:
+            thread.join(30)
+        assert probe_grpc(sidecar) == grpc.StatusCode.OK
+        assert sidecar.stop() == 0
+    pipe.close()
+    names = [
+        span["name"]
+        for line in pipe.lines()
+        for rs in line.get("resourceSpans", [])
+        for ss in rs["scopeSpans"]
+        for span in ss["spans"]
+    ]
+    assert "after the stall" in names
+    assert {"s0", "s1", "s2"} <= set(names)
+
+
+def test_spike_limit_must_be_below_limit() -> None:
+    with pytest.raises(ConfigError, match=r"processors\.memory_limiter\.spike_limit_mib"):
+        MemoryLimiterSettings(limit_mib=10, spike_limit_mib=10).check("processors.memory_limiter")
+
+
+def test_default_spike_is_a_fifth() -> None:
+    assert MemoryLimiterSettings(limit_mib=100).refuse_above_bytes == 80 * 1024 * 1024

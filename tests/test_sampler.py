@@ -1,0 +1,179 @@
+"""Consistent sampling: the decision is the trace id's alone, whole traces, errors kept aside."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+from collector import sampling
+from collector.pipeline import FanOut
+from collector.processors.sampler import Sampler, SamplerSettings
+from collector.signals import Batch, Signal, item_count
+from tests.sidecar import BASIC_CONFIG, Sidecar, spans_in
+from tests.test_receivers import grpc_export
+
+
+class Recorder:
+    def __init__(self, accepts_unsampled_errors: bool = False) -> None:
+        self.name = "recorder"
+        self.accepts_unsampled_errors = accepts_unsampled_errors
+        self.batches: list[Batch] = []
+
+    async def consume(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+
+def traces(trace_ids: list[bytes], spans_per_trace: int = 1) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = "svc"
+    scope = resource_spans.scope_spans.add()
+    for trace_id in trace_ids:
+        for index in range(spans_per_trace):
+            scope.spans.add(trace_id=trace_id, span_id=os.urandom(8), name=f"span {index}")
+    return request
+
+
+def kept_trace_ids(batch: ExportTraceServiceRequest) -> set[bytes]:
+    return {
+        span.trace_id
+        for rs in batch.resource_spans
+        if not sampling.is_errors_only(rs)
+        for ss in rs.scope_spans
+        for span in ss.spans
+    }
+
+
+def sample(rate: float, batch: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    Sampler("sampler", SamplerSettings(rate=rate), Signal.TRACES, Recorder()).sample(batch)
+    return batch
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.1, 0.5])
+def test_kept_fraction_is_the_rate(rate: float) -> None:
+    """Over 100 000 random trace ids the kept fraction is within 4 standard deviations."""
+    n = 100_000
+    rng = random.Random(rate)
+    batch = sample(rate, traces([rng.randbytes(16) for _ in range(n)]))
+    kept = item_count(batch)
+    sigma = math.sqrt(n * rate * (1 - rate))
+    assert abs(kept - n * rate) <= 4 * sigma
+
+
+def test_rate_zero_keeps_nothing_and_one_keeps_everything() -> None:
+    ids = [os.urandom(16) for _ in range(2000)]
+    assert item_count(sample(0.0, traces(ids))) == 0
+    assert kept_trace_ids(sample(1.0, traces(ids))) == set(ids)
+
+
+def test_whole_traces_are_kept_or_dropped() -> None:
+    ids = [os.urandom(16) for _ in range(500)]
+    batch = sample(0.5, traces(ids, spans_per_trace=4))
+    counts: dict[bytes, int] = {}
+    for span in batch.resource_spans[0].scope_spans[0].spans:
+        counts[span.trace_id] = counts.get(span.trace_id, 0) + 1
+    assert set(counts.values()) == {4}
+    assert 150 < len(counts) < 350
+
+
+def test_decision_matches_the_threshold_rule_and_sample_rand() -> None:
+    """Kept iff R >= (1 - rate) * 2**56, and Sentry's sampled == (sample_rand < rate)."""
+    ids = [os.urandom(16) for _ in range(5000)]
+    for rate in (0.05, 0.3, 0.77):
+        kept = kept_trace_ids(sample(rate, traces(ids)))
+        for trace_id in ids:
+            by_rule = int.from_bytes(trace_id[9:], "big") >= (1 - rate) * 2**56
+            assert (trace_id in kept) == by_rule == (sampling.sample_rand(trace_id) < rate)
+
+
+def test_sample_rand_agrees_at_the_threshold() -> None:
+    """Around the exact threshold, sample_rand never disagrees with the rule."""
+    for rate in [0.1, 0.5, 0.123456, 1 / 3, *(random.Random(1).random() for _ in range(300))]:
+        threshold = sampling.threshold(rate)
+        for r in range(threshold - 2, threshold + 3):
+            trace_id = bytes(9) + r.to_bytes(7, "big")
+            assert (r >= threshold) == (sampling.sample_rand(trace_id) < rate)
+
+
+def test_exception_in_dropped_trace_reaches_the_error_path_only() -> None:
+    """A dropped trace's spans with an exception go to error-path exporters, marked, and
+    nowhere else; its whole trace within the batch travels with it for context."""
+    rate = 0.1
+    dropped_id = next(
+        t
+        for t in iter(lambda: os.urandom(16), None)
+        if sampling.randomness(t) < sampling.threshold(rate)
+    )
+    kept_id = next(
+        t
+        for t in iter(lambda: os.urandom(16), None)
+        if sampling.randomness(t) >= sampling.threshold(rate)
+    )
+    batch = traces([dropped_id, kept_id, os.urandom(16)], spans_per_trace=2)
+    spans = batch.resource_spans[0].scope_spans[0].spans
+    failing = spans[0]
+    failing.events.add(name="exception").attributes.add(
+        key="exception.type"
+    ).value.string_value = "ValueError"
+
+    sentry, otlp = Recorder(accepts_unsampled_errors=True), Recorder()
+    sampler = Sampler("sampler", SamplerSettings(rate=rate), Signal.TRACES, FanOut([sentry, otlp]))
+    asyncio.run(sampler.consume(batch))
+
+    (to_sentry,), (to_otlp,) = sentry.batches, otlp.batches
+    marked = [rs for rs in to_sentry.resource_spans if sampling.is_errors_only(rs)]
+    assert len(marked) == 1
+    error_spans = list(marked[0].scope_spans[0].spans)
+    assert {s.trace_id for s in error_spans} == {dropped_id}
+    assert len(error_spans) == 2  # the failing span and its sibling in the trace
+    assert error_spans[0].events[0].attributes[0].value.string_value == "ValueError"
+    assert any(kv.key == "service.name" for kv in marked[0].resource.attributes)
+    assert dropped_id not in {
+        s.trace_id for rs in to_otlp.resource_spans for ss in rs.scope_spans for s in ss.spans
+    }
+    assert kept_id in kept_trace_ids(to_otlp)
+    assert not any(sampling.is_errors_only(rs) for rs in to_otlp.resource_spans)
+
+
+def test_error_status_counts_as_an_error() -> None:
+    dropped_id = next(
+        t
+        for t in iter(lambda: os.urandom(16), None)
+        if sampling.randomness(t) < sampling.threshold(0.5)
+    )
+    batch = traces([dropped_id])
+    batch.resource_spans[0].scope_spans[0].spans[0].status.code = Status.STATUS_CODE_ERROR
+    sample(0.5, batch)
+    assert [sampling.is_errors_only(rs) for rs in batch.resource_spans] == [True]
+
+
+SAMPLING_CONFIG = BASIC_CONFIG.replace(
+    "processors:\n", "processors:\n  sampler: {rate: 0.3}\n"
+).replace(
+    "processors: [batch], exporters: [file]}\n    logs",
+    "processors: [sampler, batch], exporters: [file]}\n    logs",
+)
+
+
+def test_three_sidecars_make_identical_decisions(tmp_path: Path) -> None:
+    """Sidecar processes that never talk to each other keep exactly the same traces."""
+    ids = [os.urandom(16) for _ in range(300)]
+    payload = traces(ids, spans_per_trace=3).SerializeToString()
+    decisions = []
+    for index in range(3):
+        (tmp_path / str(index)).mkdir()
+        with Sidecar(tmp_path / str(index), SAMPLING_CONFIG) as sidecar:
+            assert isinstance(grpc_export(sidecar, payload), bytes)
+            assert sidecar.stop() == 0
+        kept = [span["traceId"] for _, span in spans_in(sidecar.lines())]
+        decisions.append(set(kept))
+        assert len(kept) == 3 * len(set(kept))  # whole traces
+    assert decisions[0] == decisions[1] == decisions[2]
+    assert 40 < len(decisions[0]) < 140

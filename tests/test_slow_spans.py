@@ -1,0 +1,178 @@
+"""Slow spans: marked with slow=true and logged as the seed's JSON line, before sampling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from collector.attributes import first
+from collector.processors.slow_spans import SlowSpans, SlowSpansSettings
+from collector.signals import Signal
+from tests.sidecar import BASIC_CONFIG, Sidecar, attributes, spans_in
+from tests.test_receivers import grpc_export
+
+MS = 1_000_000
+START = 1_700_000_000_000_000_000
+
+
+def span_batch(kind: int, duration_ms: float, **attrs: Any) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    span = (
+        request.resource_spans.add()
+        .scope_spans.add()
+        .spans.add(
+            trace_id=bytes.fromhex("0af7651916cd43dd8448eb211c80319c"),
+            span_id=os.urandom(8),
+            name="span",
+            kind=kind,
+            start_time_unix_nano=START,
+            end_time_unix_nano=START + int(duration_ms * MS),
+        )
+    )
+    for key, value in attrs.items():
+        any_value = span.attributes.add(key=key.replace("__", ".")).value
+        if isinstance(value, int):
+            any_value.int_value = value
+        else:
+            any_value.string_value = value
+    return request
+
+
+def run(batch: ExportTraceServiceRequest, **settings: float) -> list[dict[str, Any]]:
+    processor = SlowSpans("slow_spans", SlowSpansSettings(**settings), Signal.TRACES, None)
+    with structlog.testing.capture_logs() as logs:
+        processor.mark(batch)
+    return logs
+
+
+def the_span(batch: ExportTraceServiceRequest) -> Span:
+    return batch.resource_spans[0].scope_spans[0].spans[0]
+
+
+class TestServerSpans:
+    def test_stable_conventions(self) -> None:
+        batch = span_batch(
+            Span.SPAN_KIND_SERVER,
+            1523.45,
+            http__route="/api/execute",
+            http__request__method="POST",
+            enduser__id="123",
+        )
+        (line,) = run(batch)
+        assert line == {
+            "event": "slow_request",
+            "log_level": "warning",
+            "path": "/api/execute",
+            "method": "POST",
+            "duration_ms": 1523.45,
+            "threshold_ms": 1000.0,
+            "user_id": "123",
+            "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        }
+        assert first(the_span(batch).attributes, "slow") is True
+
+    def test_old_conventions_and_no_user(self) -> None:
+        batch = span_batch(
+            Span.SPAN_KIND_SERVER, 2000, http__target="/items?id=4", http__method="GET"
+        )
+        (line,) = run(batch)
+        assert (line["path"], line["method"], line["user_id"]) == ("/items", "GET", None)
+
+    def test_url_path_when_no_route(self) -> None:
+        batch = span_batch(Span.SPAN_KIND_SERVER, 1001, url__path="/health")
+        assert run(batch)[0]["path"] == "/health"
+
+    def test_under_threshold_is_silent_and_unmarked(self) -> None:
+        batch = span_batch(Span.SPAN_KIND_SERVER, 999.9, http__route="/fast")
+        assert run(batch) == []
+        assert first(the_span(batch).attributes, "slow") is None
+
+    def test_threshold_is_configurable(self) -> None:
+        batch = span_batch(Span.SPAN_KIND_SERVER, 300, http__route="/x")
+        (line,) = run(batch, threshold_ms=250)
+        assert line["threshold_ms"] == 250.0
+
+    def test_client_spans_without_db_are_not_slow_requests(self) -> None:
+        assert run(span_batch(Span.SPAN_KIND_CLIENT, 5000, http__request__method="GET")) == []
+        assert run(span_batch(Span.SPAN_KIND_INTERNAL, 5000)) == []
+
+
+class TestDbSpans:
+    @pytest.mark.parametrize(
+        ("statement_key", "system_key"),
+        [("db__query__text", "db__system__name"), ("db__statement", "db__system")],
+        ids=["stable", "old"],
+    )
+    def test_slow_query_line_with_scrubbed_statement(
+        self, statement_key: str, system_key: str
+    ) -> None:
+        batch = span_batch(
+            Span.SPAN_KIND_CLIENT,
+            150.5,
+            **{
+                statement_key: "SELECT * FROM users WHERE email = 'a@b.example' AND id = 42",
+                system_key: "postgresql",
+                "enduser__id": "7",
+            },
+        )
+        (line,) = run(batch)
+        assert line == {
+            "event": "slow_query",
+            "log_level": "warning",
+            "statement": "SELECT * FROM users WHERE email = ? AND id = ?",
+            "db_system": "postgresql",
+            "duration_ms": 150.5,
+            "threshold_ms": 100.0,
+            "user_id": "7",
+            "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        }
+        assert first(the_span(batch).attributes, "slow") is True
+
+    def test_fast_query_is_silent(self) -> None:
+        batch = span_batch(Span.SPAN_KIND_CLIENT, 99, db__system="sqlite", db__statement="x")
+        assert run(batch) == []
+
+
+def test_secrets_in_the_line_are_scrubbed() -> None:
+    batch = span_batch(
+        Span.SPAN_KIND_SERVER, 1500, url__path="/reset/Bearer abcdefghijklmnopqrstuvwxyz0123456789"
+    )
+    line = run(batch)[0]
+    assert "abcdefghijklmnopqrstuvwxyz0123456789" not in str(line)
+
+
+SLOW_CONFIG = BASIC_CONFIG.replace(
+    "processors:\n", "processors:\n  slow_spans: {}\n  sampler: {rate: 0}\n"
+).replace(
+    "processors: [batch], exporters: [file]}\n    logs",
+    "processors: [slow_spans, sampler, batch], exporters: [file]}\n    logs",
+)
+
+
+def test_sidecar_logs_slow_spans_of_traces_the_sampler_drops(tmp_path: Path) -> None:
+    """slow_spans runs before the sampler: even at rate 0 every slow request is logged."""
+    with Sidecar(tmp_path, SLOW_CONFIG) as sidecar:
+        batch = span_batch(
+            Span.SPAN_KIND_SERVER, 1200, http__route="/slow", http__request__method="GET"
+        )
+        assert isinstance(grpc_export(sidecar, batch.SerializeToString()), bytes)
+        assert sidecar.stop() == 0
+    (line,) = sidecar.named("slow_request")
+    assert (line["path"], line["duration_ms"], line["level"]) == ("/slow", 1200.0, "warning")
+    assert spans_in(sidecar.lines()) == []
+
+
+def test_slow_attribute_reaches_the_exporters(tmp_path: Path) -> None:
+    config = SLOW_CONFIG.replace("sampler: {rate: 0}", "sampler: {rate: 1}")
+    with Sidecar(tmp_path, config) as sidecar:
+        batch = span_batch(Span.SPAN_KIND_SERVER, 1200, http__route="/slow")
+        assert isinstance(grpc_export(sidecar, batch.SerializeToString()), bytes)
+        assert sidecar.stop() == 0
+    ((_, span),) = spans_in(sidecar.lines())
+    assert attributes(span)["slow"] is True
