@@ -19,6 +19,7 @@ from collector.processors.slow_spans import SlowSpans, SlowSpansSettings
 from collector.receivers.otlp import OtlpReceiver, OtlpReceiverSettings
 from collector.signals import Signal
 from exporters.file import FileExporter, FileSettings
+from exporters.sentry import SentryExporter, SentrySettings
 
 BOTH = frozenset(Signal)
 TRACES = frozenset({Signal.TRACES})
@@ -43,6 +44,7 @@ PROCESSORS: dict[str, Kind] = {
 }
 EXPORTERS: dict[str, Kind] = {
     "file": Kind(FileSettings, FileExporter),
+    "sentry": Kind(SentrySettings, SentryExporter),
 }
 EXTENSIONS: dict[str, Kind] = {}
 

@@ -19,7 +19,8 @@ from collector import components
 from collector.settings import ConfigError, Duration, build, expand_env, setting
 from collector.signals import Signal
 
-# `run` without --config: the OTLP receivers on localhost, batches written to a local file.
+# `run` without --config: the OTLP receivers on localhost; Sentry when SENTRY_DSN is set, and
+# always a local file.
 DEFAULT_YAML = """
 receivers:
   otlp:
@@ -33,17 +34,21 @@ processors:
   scrubber: {}
   batch: {}
 exporters:
+  sentry:
+    dsn: "${env:SENTRY_DSN:-}"
+    environment: "${env:SENTRY_ENVIRONMENT:-production}"
+    release: "${env:SENTRY_RELEASE:-}"
   file: {path: "${env:OTEL_SIDECAR_FILE_PATH:-./sidecar-out/telemetry.jsonl}"}
 service:
   pipelines:
     traces:
       receivers: [otlp]
       processors: [memory_limiter, slow_spans, sampler, scrubber, batch]
-      exporters: [file]
+      exporters: [sentry, file]
     logs:
       receivers: [otlp]
       processors: [memory_limiter, scrubber, batch]
-      exporters: [file]
+      exporters: [sentry, file]
 """
 
 _PIPELINE_NAME = re.compile(r"(traces|logs)(/[A-Za-z0-9_.-]+)?")

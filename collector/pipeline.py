@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector import components
 from collector.component import Consumer
-from collector.config import Config
+from collector.config import Config, PipelineSettings
 from collector.sampling import without_errors_only
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, log
@@ -94,6 +94,8 @@ class Service:
                 chain.insert(0, head)
             self.processors.extend(chain)
             heads[name] = (signal, head)
+            if signal is Signal.TRACES:
+                self._tell_sample_rate(config, pipeline)
         self.receivers = {}
         for rid in sorted(used["receivers"]):
             consumers: dict[Signal, Consumer] = {}
@@ -106,6 +108,19 @@ class Service:
                 if feeds:
                     consumers[signal] = feeds[0] if len(feeds) == 1 else Tee(feeds)
             self.receivers[rid] = _make(components.RECEIVERS, rid, config.receivers[rid], consumers)
+
+    def _tell_sample_rate(self, config: Config, pipeline: PipelineSettings) -> None:
+        """Exporters that report the sampling rate (Sentry's trace header) learn their
+        pipeline's: the first sampler's rate, or 1 when nothing samples."""
+        rates = [
+            config.processors[pid].rate
+            for pid in pipeline.processors
+            if components.type_of(pid) == "sampler"
+        ]
+        for eid in pipeline.exporters:
+            exporter = self.exporters[eid]
+            if hasattr(exporter, "sample_rate"):
+                exporter.sample_rate = rates[0] if rates else 1.0
 
     def endpoints(self) -> dict[str, str]:
         return {t: a for r in self.receivers.values() for t, a in r.endpoints.items()}

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.bugsink import bugsink_server
 from tests.sidecar import BASIC_CONFIG, Sidecar
+
+__all__ = ["bugsink_server"]  # the session's Bugsink, a real Sentry-compatible receiver
 
 
 @pytest.fixture

@@ -1,0 +1,121 @@
+"""Sentry envelopes, built with ``sentry_sdk.envelope`` so they are exactly what Relay reads.
+
+One transaction or error event per envelope; logs in ``log`` items of at most 100 records;
+``client_report`` items for what was dropped. Each envelope header carries ``event_id``,
+``sent_at``, ``dsn`` and, for trace data, the dynamic sampling context ``trace``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sentry_sdk.envelope import Envelope, Item, PayloadRef
+
+from collector.sampling import sample_rand
+
+MAX_LOGS_PER_ITEM = 100
+LOG_CONTENT_TYPE = "application/vnd.sentry.items.log+json"
+# Envelope item type -> the data category Sentry rate-limits and reports on.
+_CATEGORIES = {"event": "error", "transaction": "transaction", "log": "log_item"}
+
+
+def category(item: Item) -> str:
+    return _CATEGORIES.get(item.type or "", "default")
+
+
+def quantity(item: Item) -> int:
+    """Records an item stands for: a log item counts its logs."""
+    return int(item.headers.get("item_count", 1))
+
+
+@dataclass
+class Outgoing:
+    """An envelope waiting in the queue: its header and items, serialised only when sent."""
+
+    headers: dict[str, Any]
+    items: list[Item]
+    size: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        self.size = sum(len(item.get_bytes()) for item in self.items)
+
+    def categories(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[category(item)] = counts.get(category(item), 0) + quantity(item)
+        return counts
+
+    def serialize(self, extra: Iterable[Item] = ()) -> bytes:
+        headers = {**self.headers, "sent_at": _now_iso()}
+        return Envelope(headers=headers, items=[*self.items, *extra]).serialize()
+
+
+def trace_header(
+    trace_id: str,
+    public_key: str,
+    sample_rate: float,
+    sampled: bool,
+    environment: str | None,
+    release: str | None,
+    transaction: str | None,
+) -> dict[str, str]:
+    """The dynamic sampling context: ``sampled == (sample_rand < sample_rate)`` by design."""
+    header = {
+        "trace_id": trace_id,
+        "public_key": public_key,
+        "sample_rate": repr(float(sample_rate)),
+        "sample_rand": repr(sample_rand(bytes.fromhex(trace_id))),
+        "sampled": "true" if sampled else "false",
+    }
+    for key, value in (("environment", environment), ("release", release),
+                       ("transaction", transaction)):  # fmt: skip
+        if value:
+            header[key] = value
+    return header
+
+
+def event_envelope(event: dict[str, Any], dsn: str, trace: dict[str, str] | None) -> Outgoing:
+    kind = "transaction" if event.get("type") == "transaction" else "event"
+    headers: dict[str, Any] = {"event_id": event["event_id"], "dsn": dsn}
+    if trace:
+        headers["trace"] = trace
+    return Outgoing(headers, [Item(payload=PayloadRef(json=event), type=kind)])
+
+
+def log_envelopes(items: list[dict[str, Any]], dsn: str) -> list[Outgoing]:
+    return [
+        Outgoing({"dsn": dsn}, [_log_item(items[start : start + MAX_LOGS_PER_ITEM])])
+        for start in range(0, len(items), MAX_LOGS_PER_ITEM)
+    ]
+
+
+def _log_item(logs: list[dict[str, Any]]) -> Item:
+    return Item(
+        payload=PayloadRef(json={"items": logs}),
+        type="log",
+        content_type=LOG_CONTENT_TYPE,
+        headers={"item_count": len(logs)},
+    )
+
+
+def client_report(discarded: Mapping[tuple[str, str], int]) -> Item:
+    """What was dropped, as sentry-python reports it: (reason, category, quantity)."""
+    return Item(
+        payload=PayloadRef(
+            json={
+                "timestamp": datetime.now(UTC).timestamp(),
+                "discarded_events": [
+                    {"reason": reason, "category": cat, "quantity": count}
+                    for (reason, cat), count in sorted(discarded.items())
+                ],
+            }
+        ),
+        type="client_report",
+    )
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,201 @@
+"""The ``sentry`` exporter: transactions, error events and logs to a Sentry project.
+
+Traces: spans go to a per-trace buffer (:mod:`segments`) and leave as one transaction per
+segment plus an error event per ``exception`` span event; the error spans of traces the
+sampler dropped (marked errors-only) give error events but no transaction. Logs: every record
+becomes a Sentry log item; one carrying ``exception.*`` also becomes an error event, after its
+trace's segment when it has one (for its request, user and breadcrumbs). An exception recorded
+both as a span event and as a log (FastAPI does both) gives one error event.
+
+``consume`` never waits for the network: envelopes go to the transport's bounded queue.
+With an empty ``dsn`` the exporter is ``disabled``: it takes batches and sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sentry_sdk.utils import BadDsn, Dsn
+
+from collector import __version__
+from collector.settings import ConfigError, Duration, setting
+from collector.signals import Batch, signal_of
+from collector.telemetry import DROPPED
+from exporters.retry import QueueSettings, RetrySettings
+from exporters.sentry import envelope, mapping
+from exporters.sentry.records import LogRecord, logs_of, spans_of
+from exporters.sentry.segments import Group, TraceBuffer
+from exporters.sentry.transport import SentryTransport
+
+_TICK_S = 0.25
+
+
+@dataclass(frozen=True)
+class SentrySettings:
+    dsn: str = setting("", secret=True)
+    environment: str = ""
+    release: str = ""
+    # A segment leaves this long after its segment span arrived (late children join it).
+    transaction_wait: Duration = setting(Duration(2), minimum=0, maximum=300)
+    # Spans whose segment never arrives leave this long after their trace's last span.
+    max_trace_wait: Duration = setting(Duration(30), minimum=0.1, maximum=3600)
+    max_traces: int = setting(10_000, minimum=1, maximum=1_000_000)
+    max_buffered_spans: int = setting(100_000, minimum=1, maximum=10_000_000)
+    timeout: Duration = setting(Duration(30), minimum=0.1, maximum=300)
+    sending_queue: QueueSettings = setting(factory=QueueSettings)
+    retry_on_failure: RetrySettings = setting(factory=RetrySettings)
+
+    def check(self, path: str) -> None:
+        if not self.dsn:
+            return
+        try:
+            parsed = Dsn(self.dsn)
+        except BadDsn:
+            parsed = None
+        if parsed is None or not parsed.public_key or not parsed.project_id:
+            # Never the value: a DSN is a credential.
+            raise ConfigError(
+                f"{path}.dsn: not a valid Sentry DSN "
+                "(expected https://<public key>@<host>/<project id>)"
+            )
+
+
+class SentryExporter:
+    # Gets the error spans of unsampled traces (collector.sampling), for error events.
+    accepts_unsampled_errors = True
+
+    def __init__(self, name: str, settings: SentrySettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.sample_rate = 1.0  # the traces pipeline's sampler rate, set by the pipeline
+        self.enabled = bool(settings.dsn)
+        self._defaults = mapping.Defaults(settings.environment, settings.release, __version__)
+        self._buffer = TraceBuffer(
+            settings.transaction_wait, settings.max_trace_wait,
+            settings.max_traces, settings.max_buffered_spans,
+        )  # fmt: skip
+        self._transport: SentryTransport | None = None
+        self._public_key = ""
+        self._tick: asyncio.Task[None] | None = None
+        if self.enabled:
+            self._public_key = Dsn(settings.dsn).public_key
+            self._transport = SentryTransport(
+                name, settings.dsn, settings.sending_queue, settings.retry_on_failure,
+                settings.timeout,
+            )  # fmt: skip
+
+    def status(self) -> tuple[str, str]:
+        if self._transport is None:
+            return "disabled", "no DSN configured (set SENTRY_DSN)"
+        if self._transport.last_error:
+            return (
+                "degraded",
+                f"{self._transport.where}: last send failed ({self._transport.last_error})",
+            )
+        return "healthy", f"sending to {self._transport.where}"
+
+    async def start(self) -> None:
+        if self._transport is not None:
+            await self._transport.start()
+            self._tick = asyncio.create_task(self._tick_loop(), name=f"{self.name}-tick")
+
+    async def shutdown(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            await asyncio.gather(self._tick, return_exceptions=True)
+            self._tick = None
+        if self._transport is not None:
+            self._emit(self._buffer.flush_all())
+            await self._transport.shutdown()
+            self._transport = None
+
+    async def consume(self, batch: Batch) -> None:
+        if self._transport is None:
+            return
+        now = time.monotonic()
+        if signal_of(batch).value == "traces":
+            self._emit(self._buffer.add_spans(spans_of(batch), now))  # type: ignore[arg-type]
+        else:
+            self._take_logs(list(logs_of(batch)), now)  # type: ignore[arg-type]
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)
+            self._emit(self._buffer.due(time.monotonic()))
+            assert self._transport is not None
+            self._transport.report_if_due()
+
+    # --- logs --------------------------------------------------------------------------------
+
+    def _take_logs(self, records: list[LogRecord], now: float) -> None:
+        items = [mapping.log_item(record, self._defaults) for record in records]
+        for outgoing in envelope.log_envelopes(items, self.settings.dsn):
+            self._submit(outgoing)
+        traced = [r for r in records if r.trace_id and not mapping.is_exception_log(r)]
+        self._buffer.add_logs(traced, now)
+        failed = [r for r in records if mapping.is_exception_log(r)]
+        self._emit(self._buffer.add_logs([r for r in failed if r.trace_id], now, exception=True))
+        for record in failed:
+            if not record.trace_id:
+                event = mapping.error_from_log(record, None, None, [], self._defaults)
+                self._submit(envelope.event_envelope(event, self.settings.dsn, None))
+
+    # --- traces ------------------------------------------------------------------------------
+
+    def _emit(self, groups: list[Group]) -> None:
+        for group in groups:
+            for event, sampled in self._events(group):
+                trace = self._trace_header(event, sampled)
+                self._submit(envelope.event_envelope(event, self.settings.dsn, trace))
+            if group.late:
+                DROPPED.labels(self.name, "transaction", "late_span").inc(len(group.spans))
+
+    def _events(self, group: Group) -> list[tuple[dict[str, Any], bool]]:
+        """The transaction (if sampled) and error events of one group, with their sampled flag."""
+        spans = group.spans
+        segment = group.segment or (spans[0] if spans else None)
+        events: list[tuple[dict[str, Any], bool]] = []
+        if segment is not None and segment.sampled and not group.late:
+            events.append((mapping.transaction(segment, spans[1:], self._defaults), True))
+        seen: set[tuple[str | None, str, str]] = set()
+        for span in spans:
+            for event in span.events:
+                if event.name != "exception":
+                    continue
+                seen.add(_exception_key(span.span_id, event.attributes))
+                crumbs = mapping.breadcrumbs(spans, group.logs, event.time_ns)
+                error = mapping.error_from_span_event(span, event, segment, crumbs, self._defaults)
+                events.append((error, span.sampled))
+        by_id = {span.span_id: span for span in spans}
+        for record in group.exception_logs:
+            if _exception_key(record.span_id, record.attributes) in seen:
+                continue  # the same exception, already sent from the span event
+            crumbs = mapping.breadcrumbs(spans, group.logs, record.time_ns)
+            span = by_id.get(record.span_id or "")
+            error = mapping.error_from_log(record, span, segment, crumbs, self._defaults)
+            events.append((error, segment.sampled if segment else False))
+        return events
+
+    def _trace_header(self, event: dict[str, Any], sampled: bool) -> dict[str, str] | None:
+        trace = event.get("contexts", {}).get("trace", {})
+        if not trace.get("trace_id"):
+            return None
+        routed = event.get("transaction_info", {}).get("source") == "route" or (
+            "transaction" in event and event.get("type") != "transaction"
+        )
+        return envelope.trace_header(
+            trace["trace_id"], self._public_key, self.sample_rate, sampled,
+            event.get("environment"), event.get("release"),
+            event.get("transaction") if routed else None,
+        )  # fmt: skip
+
+    def _submit(self, outgoing: envelope.Outgoing) -> None:
+        assert self._transport is not None
+        self._transport.submit(outgoing)
+
+
+def _exception_key(span_id: str | None, attributes: dict[str, Any]) -> tuple[str | None, str, str]:
+    return span_id, str(attributes.get("exception.type")), str(attributes.get("exception.message"))

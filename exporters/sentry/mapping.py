@@ -1,0 +1,524 @@
+"""OpenTelemetry → Sentry: transactions, error events and log items from span and log records.
+
+``op``, ``description`` and ``status`` follow sentry-python's OpenTelemetry rules (HTTP server
+and client, DB, RPC, messaging, FaaS), reading both the stable semantic conventions and the
+old ones (``http.request.method``/``http.method``, ``db.query.text``/``db.statement``...).
+A transaction is named ``METHOD http.route`` (source ``route``) when the segment has a route,
+else after the span (source ``custom``). ``request`` comes from the segment's HTTP attributes,
+``user.id`` from ``enduser.id``, tags from ``sentry.tag.<name>``, contexts from
+``sentry.context.<name>.<key>``. Every value here has already been through the scrubber.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from exporters.sentry.records import CLIENT, SERVER, Event, LogRecord, SpanRecord
+from exporters.sentry.traceback import exception_values
+
+_NS = 1e9
+_STATUS_OK, _STATUS_ERROR = 1, 2
+_GRPC_STATUS = [  # Sentry's span status for gRPC code 0 .. 16
+    "ok", "cancelled", "unknown_error", "invalid_argument", "deadline_exceeded", "not_found",
+    "already_exists", "permission_denied", "resource_exhausted", "failed_precondition",
+    "aborted", "out_of_range", "unimplemented", "internal_error", "unavailable", "data_loss",
+    "unauthenticated",
+]  # fmt: skip
+_SEVERITY = ["trace", "debug", "info", "warn", "error", "fatal"]  # by (number - 1) // 4
+_BREADCRUMB_LEVEL = {"warn": "warning", "trace": "debug"}
+MAX_BREADCRUMBS = 100
+FILTERED = "[Filtered]"
+# Sentry filters whole string values that look like credentials (its "@password" rule), in
+# every field but a few typed ones. Doing the same here means Sentry finds nothing left to
+# scrub, and what Sentry shows is what the sidecar sent.
+_SENTRY_SENSITIVE = re.compile(
+    r"passw(?:or)?d|secret|api[-_]?key|auth|credentials|mysql_pwd|private[-_]?key"
+    r"|token\S*[:=]",
+    re.IGNORECASE,
+)
+_SENTRY_SAFE_KEYS = frozenset({"http.route", "route"})
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What every event carries that does not come from the data."""
+
+    environment: str
+    release: str
+    sdk_version: str
+
+    def apply(self, event: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+        environment = self.environment or resource.get(
+            "deployment.environment.name", resource.get("deployment.environment")
+        )
+        release = self.release or resource.get("service.version")
+        event.update(
+            event_id=uuid.uuid4().hex,
+            platform="python",
+            sdk={"name": "otel-sidecar", "version": self.sdk_version},
+        )
+        if environment:
+            event["environment"] = str(environment)
+        if release:
+            event["release"] = str(release)
+        return event
+
+
+def sentry_safe(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of free-form data with credential-looking strings filtered, as Sentry would."""
+    return {
+        key: value if key in _SENTRY_SAFE_KEYS else _safe_value(value)
+        for key, value in data.items()
+    }
+
+
+def _safe_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return FILTERED if _SENTRY_SENSITIVE.search(value) else value
+    if isinstance(value, list):
+        return [_safe_value(item) for item in value]
+    if isinstance(value, dict):
+        return sentry_safe(value)
+    return value
+
+
+def first(attributes: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+# --- op, description, status ---------------------------------------------------------------
+
+
+def span_op(span: SpanRecord) -> tuple[str, str]:
+    """(op, description) by sentry-python's rules, in both semantic conventions."""
+    attrs = span.attributes
+    method = first(attrs, "http.request.method", "http.method")
+    if method:
+        kind = {SERVER: ".server", CLIENT: ".client"}.get(span.kind, "")
+        return f"http{kind}", _http_description(span, str(method))
+    if first(attrs, "db.system.name", "db.system"):
+        return "db", str(first(attrs, "db.query.text", "db.statement") or span.name)
+    if attrs.get("rpc.service"):
+        return "rpc", span.name
+    if attrs.get("messaging.system"):
+        return "message", span.name
+    if attrs.get("faas.trigger"):
+        return str(attrs["faas.trigger"]), span.name
+    return span.name, span.name
+
+
+def _http_description(span: SpanRecord, method: str) -> str:
+    attrs = span.attributes
+    route = attrs.get("http.route")
+    target = first(attrs, "url.path", "http.target") if span.kind == SERVER else None
+    if route or target:
+        return f"{method} {route or target}"
+    url = first(attrs, "url.full", "http.url")
+    if url:
+        parts = urlsplit(str(url))
+        return f"{method} {parts.scheme}://{parts.netloc}{parts.path}"
+    peer = first(attrs, "server.address", "net.peer.name")
+    return f"{method} {peer}" if peer else method
+
+
+def http_status(attributes: dict[str, Any]) -> int | None:
+    code = first(attributes, "http.response.status_code", "http.status_code")
+    try:
+        return int(code) if code is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def span_status(span: SpanRecord) -> str | None:
+    """Sentry's span status: from the HTTP or gRPC code when there is one, else from OTel's."""
+    inferred = _status_from_attributes(span.attributes)
+    if span.status_code == _STATUS_OK:
+        return "ok"
+    if span.status_code == _STATUS_ERROR:
+        if inferred:
+            return inferred
+        return span.status_message if span.status_message in _GRPC_STATUS else "unknown_error"
+    return inferred
+
+
+def _status_from_attributes(attributes: dict[str, Any]) -> str | None:
+    code = http_status(attributes)
+    if code is not None:
+        return _status_from_http(code)
+    grpc_code = attributes.get("rpc.grpc.status_code")
+    if isinstance(grpc_code, int) and not isinstance(grpc_code, bool):
+        return _GRPC_STATUS[grpc_code] if 0 <= grpc_code < len(_GRPC_STATUS) else "unknown_error"
+    return None
+
+
+def _status_from_http(code: int) -> str:
+    if code < 400:
+        return "ok"
+    named = {
+        401: "unauthenticated", 403: "permission_denied", 404: "not_found",
+        409: "already_exists", 413: "failed_precondition", 429: "resource_exhausted",
+        501: "unimplemented", 503: "unavailable", 504: "deadline_exceeded",
+    }  # fmt: skip
+    if code in named:
+        return named[code]
+    return "invalid_argument" if code < 500 else "internal_error"
+
+
+# --- transactions -----------------------------------------------------------------------------
+
+
+def transaction_name(segment: SpanRecord) -> tuple[str, str]:
+    """(name, source): ``METHOD route`` from a route, else the span's own name."""
+    method = first(segment.attributes, "http.request.method", "http.method")
+    route = segment.attributes.get("http.route")
+    if route:
+        return (f"{method} {route}" if method else str(route)), "route"
+    return segment.name, "custom"
+
+
+def trace_context(span: SpanRecord) -> dict[str, Any]:
+    op, _ = span_op(span)
+    context: dict[str, Any] = {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "op": op,
+        "origin": "auto.otel",
+        "data": sentry_safe(span.attributes),
+    }
+    if span.parent_span_id:
+        context["parent_span_id"] = span.parent_span_id
+    status = span_status(span)
+    if status:
+        context["status"] = status
+    return context
+
+
+def sentry_span(span: SpanRecord) -> dict[str, Any]:
+    op, description = span_op(span)
+    out: dict[str, Any] = {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "parent_span_id": span.parent_span_id,
+        "op": op,
+        "description": description,
+        "origin": "auto.otel",
+        "start_timestamp": span.start_ns / _NS,
+        "timestamp": span.end_ns / _NS,
+        "data": sentry_safe(span.attributes),
+    }
+    status = span_status(span)
+    if status:
+        out["status"] = status
+    return out
+
+
+def transaction(
+    segment: SpanRecord, children: Iterable[SpanRecord], defaults: Defaults
+) -> dict[str, Any]:
+    name, source = transaction_name(segment)
+    event: dict[str, Any] = {
+        "type": "transaction",
+        "transaction": name,
+        "transaction_info": {"source": source},
+        "start_timestamp": segment.start_ns / _NS,
+        "timestamp": segment.end_ns / _NS,
+        "spans": [sentry_span(child) for child in children],
+        **_segment_scope(segment),
+    }
+    event["contexts"]["trace"] = trace_context(segment)
+    return defaults.apply(event, segment.resource)
+
+
+def _segment_scope(segment: SpanRecord) -> dict[str, Any]:
+    """What a segment lends every event of its trace: request, user, tags and contexts."""
+    attrs = segment.attributes
+    scope: dict[str, Any] = {
+        "tags": sentry_safe(_tags(segment)),
+        "contexts": {
+            **sentry_safe(_custom_contexts(attrs)),
+            "otel": _otel_context(segment),
+        },
+    }
+    request = _request(attrs)
+    if request:
+        scope["request"] = request
+    user_id = attrs.get("enduser.id")
+    if user_id is not None:
+        scope["user"] = {"id": str(user_id)}
+    return scope
+
+
+def _otel_context(span: SpanRecord) -> dict[str, Any]:
+    return {"resource": sentry_safe(span.resource), "attributes": sentry_safe(span.attributes)}
+
+
+def _tags(segment: SpanRecord) -> dict[str, str]:
+    tags = {
+        key[len("sentry.tag.") :]: str(value)
+        for key, value in segment.attributes.items()
+        if key.startswith("sentry.tag.")
+    }
+    if segment.attributes.get("slow") is True:
+        tags["slow"] = "true"
+    code = http_status(segment.attributes)
+    if code is not None:
+        tags["http.status_code"] = str(code)
+    service = segment.resource.get("service.name")
+    if service:
+        tags["service"] = str(service)
+    return tags
+
+
+def _custom_contexts(attributes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    contexts: dict[str, dict[str, Any]] = {}
+    for key, value in attributes.items():
+        if key.startswith("sentry.context."):
+            name, _, field = key[len("sentry.context.") :].partition(".")
+            if name and field and name not in ("trace", "otel"):
+                contexts.setdefault(name, {})[field] = value
+    return contexts
+
+
+def _request(attributes: dict[str, Any]) -> dict[str, Any] | None:
+    method = first(attributes, "http.request.method", "http.method")
+    if not method:
+        return None
+    request: dict[str, Any] = {"method": str(method)}
+    full = first(attributes, "url.full", "http.url")
+    if full:
+        parts = urlsplit(str(full))
+        url, query = f"{parts.scheme}://{parts.netloc}{parts.path}", parts.query
+    else:
+        target = str(first(attributes, "http.target") or "")
+        path = first(attributes, "url.path") or target.partition("?")[0]
+        query = first(attributes, "url.query") or target.partition("?")[2]
+        host = first(attributes, "server.address", "http.host", "net.host.name")
+        scheme = first(attributes, "url.scheme", "http.scheme") or "http"
+        url = f"{scheme}://{host}{path}" if host else path
+    if url:
+        request["url"] = str(url)
+    if query:
+        request["query_string"] = str(query)
+    headers = {
+        key[len("http.request.header.") :]: ", ".join(map(str, value))
+        if isinstance(value, list)
+        else str(value)
+        for key, value in attributes.items()
+        if key.startswith("http.request.header.")
+    }
+    if headers:
+        request["headers"] = sentry_safe(headers)
+    return request
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def error_from_span_event(
+    span: SpanRecord,
+    event: Event,
+    segment: SpanRecord | None,
+    breadcrumbs: list[dict[str, Any]],
+    defaults: Defaults,
+) -> dict[str, Any]:
+    attrs = event.attributes
+    escaped = attrs.get("exception.escaped")
+    values = exception_values(
+        str(attrs.get("exception.type") or "Exception"),
+        str(attrs.get("exception.message") or ""),
+        attrs.get("exception.stacktrace"),
+        handled=None if escaped is None else not escaped,
+    )
+    return _error(values, event.time_ns or span.end_ns, span, segment, breadcrumbs, defaults)
+
+
+def error_from_log(
+    record: LogRecord,
+    span: SpanRecord | None,
+    segment: SpanRecord | None,
+    breadcrumbs: list[dict[str, Any]],
+    defaults: Defaults,
+) -> dict[str, Any]:
+    attrs = record.attributes
+    values = exception_values(
+        str(attrs.get("exception.type") or "Exception"),
+        str(attrs.get("exception.message") or log_body(record)),
+        attrs.get("exception.stacktrace"),
+        handled=True,  # logged, so caught
+    )
+    event = _error(values, record.time_ns, span, segment, breadcrumbs, defaults, record.resource)
+    event["logger"] = record.scope or "otel"
+    event["level"] = "fatal" if record.severity_number >= 21 else "error"
+    event["logentry"] = {"formatted": log_body(record)}
+    if span is None and record.trace_id:
+        event["contexts"]["trace"] = {"trace_id": record.trace_id, "span_id": record.span_id}
+    return event
+
+
+def _error(
+    values: list[dict[str, Any]],
+    time_ns: int,
+    span: SpanRecord | None,
+    segment: SpanRecord | None,
+    breadcrumbs: list[dict[str, Any]],
+    defaults: Defaults,
+    resource: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "level": "error",
+        "timestamp": time_ns / _NS,
+        "exception": {"values": values},
+        "fingerprint": fingerprint(values),
+        "contexts": {},
+    }
+    if segment is not None:
+        event.update(_segment_scope(segment))
+        event["transaction"] = transaction_name(segment)[0]
+    if span is not None:
+        event["contexts"]["trace"] = trace_context(span)
+        if span is not segment:
+            event["contexts"]["otel"] = _otel_context(span)
+    if breadcrumbs:
+        event["breadcrumbs"] = {"values": breadcrumbs[-MAX_BREADCRUMBS:]}
+    return defaults.apply(event, resource if resource is not None else _resource(span, segment))
+
+
+def fingerprint(values: list[dict[str, Any]]) -> list[str]:
+    """Group by code, not by message: the exception type and the in-app frames (file and
+    function, not line) where it was raised. Without in-app frames, Sentry's default."""
+    raised = values[-1]
+    frames = raised.get("stacktrace", {}).get("frames", [])
+    where = [f"{f.get('module') or f.get('filename')}:{f.get('function')}"
+             for f in frames if f.get("in_app")]  # fmt: skip
+    if not where:
+        return ["{{ default }}"]
+    return [str(raised.get("module") or ""), str(raised.get("type")), *where]
+
+
+def _resource(span: SpanRecord | None, segment: SpanRecord | None) -> dict[str, Any]:
+    source = span or segment
+    return source.resource if source is not None else {}
+
+
+def is_exception_log(record: LogRecord) -> bool:
+    return "exception.type" in record.attributes or "exception.message" in record.attributes
+
+
+def breadcrumbs(
+    spans: Iterable[SpanRecord], logs: Iterable[LogRecord], before_ns: int
+) -> list[dict[str, Any]]:
+    """The trace's HTTP and DB spans and logs that happened before ``before_ns``, in order."""
+    crumbs: list[tuple[int, dict[str, Any]]] = []
+    for span in spans:
+        if span.start_ns < before_ns:
+            crumb = _span_breadcrumb(span)
+            if crumb:
+                crumbs.append((span.start_ns, crumb))
+    for record in logs:
+        if record.time_ns <= before_ns and not is_exception_log(record):
+            crumbs.append((record.time_ns, _log_breadcrumb(record)))
+    crumbs.sort(key=lambda pair: pair[0])
+    return [sentry_safe(crumb) for _, crumb in crumbs[-MAX_BREADCRUMBS:]]
+
+
+def _span_breadcrumb(span: SpanRecord) -> dict[str, Any] | None:
+    op, description = span_op(span)
+    timestamp = span.start_ns / _NS
+    if op == "http.client":
+        data: dict[str, Any] = {"method": description.split(" ", 1)[0]}
+        url = first(span.attributes, "url.full", "http.url")
+        if url:
+            data["url"] = str(url)
+        code = http_status(span.attributes)
+        if code is not None:
+            data["status_code"] = code
+        return {"type": "http", "category": "httplib", "data": data, "timestamp": timestamp}
+    if op == "db":
+        return {"type": "query", "category": "query", "message": description,
+                "timestamp": timestamp}  # fmt: skip
+    return None
+
+
+def _log_breadcrumb(record: LogRecord) -> dict[str, Any]:
+    level = log_level(record)
+    return {
+        "type": "default",
+        "category": record.scope or "log",
+        "level": _BREADCRUMB_LEVEL.get(level, level),
+        "message": log_body(record),
+        "timestamp": record.time_ns / _NS,
+    }
+
+
+# --- logs --------------------------------------------------------------------------------------
+
+
+def log_level(record: LogRecord) -> str:
+    if 1 <= record.severity_number <= 24:
+        return _SEVERITY[(record.severity_number - 1) // 4]
+    text = record.severity_text.lower()
+    return {"warning": "warn", "critical": "fatal"}.get(text, text if text in _SEVERITY else "info")
+
+
+def log_body(record: LogRecord) -> str:
+    """The message: a string body as is; a structured body's ``event``/``message`` key."""
+    body = record.body
+    if isinstance(body, dict):
+        message = body.get("event", body.get("message"))
+        return str(message) if message is not None else json.dumps(body, default=str)
+    return "" if body is None else str(body)
+
+
+def log_item(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
+    """One entry of a Sentry ``log`` envelope item."""
+    attributes: dict[str, Any] = {}
+    if isinstance(record.body, dict):  # structlog keys of a structured body
+        attributes.update((k, v) for k, v in record.body.items() if k not in ("event", "message"))
+    attributes.update(record.attributes)
+    environment = defaults.environment or record.resource.get("deployment.environment.name")
+    release = defaults.release or record.resource.get("service.version")
+    attributes.update(
+        {
+            "sentry.environment": environment,
+            "sentry.release": release,
+            "sentry.severity_number": record.severity_number or None,
+            "sentry.severity_text": record.severity_text or None,
+            "sentry.sdk.name": "otel-sidecar",
+            "sentry.sdk.version": defaults.sdk_version,
+            "service.name": record.resource.get("service.name"),
+            "logger.name": record.scope or None,
+        }
+    )
+    item: dict[str, Any] = {
+        "timestamp": record.time_ns / _NS,
+        "level": log_level(record),
+        "body": log_body(record),
+        "attributes": {k: _typed(v) for k, v in attributes.items() if v is not None},
+    }
+    if record.trace_id:
+        item["trace_id"] = record.trace_id
+    if record.span_id:
+        item["span_id"] = record.span_id
+    return item
+
+
+def _typed(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"value": value, "type": "boolean"}
+    if isinstance(value, int):
+        return {"value": value, "type": "integer"}
+    if isinstance(value, float):
+        return {"value": value, "type": "double"}
+    if isinstance(value, str):
+        return {"value": value, "type": "string"}
+    return {"value": json.dumps(value, default=str), "type": "string"}

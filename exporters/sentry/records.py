@@ -1,0 +1,121 @@
+"""Spans and log records as the Sentry exporter keeps them: small Python objects, made only for
+what reaches Sentry (sampled traces and the error spans of dropped ones), never on the
+processors' hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from collector.attributes import plain
+from collector.sampling import ERRORS_ONLY, is_errors_only
+
+SERVER, CLIENT, CONSUMER = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_CONSUMER
+# Span.flags bits 8 and 9: "the parent's is_remote is known" and "the parent is remote".
+_REMOTE_PARENT = 0x300
+
+
+def attribute_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:
+    return {kv.key: plain(kv.value) for kv in attributes}
+
+
+@dataclass(slots=True)
+class Event:
+    name: str
+    time_ns: int
+    attributes: dict[str, Any]
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    remote_parent: bool
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    events: list[Event]
+    status_code: int
+    status_message: str
+    resource: dict[str, Any]
+    scope: str
+    sampled: bool
+
+    @property
+    def is_segment(self) -> bool:
+        """Sentry's segment: the root of a service's part of a trace."""
+        return self.parent_span_id is None or self.remote_parent or self.kind in (SERVER, CONSUMER)
+
+
+@dataclass(slots=True)
+class LogRecord:
+    trace_id: str | None
+    span_id: str | None
+    time_ns: int
+    severity_number: int
+    severity_text: str
+    body: Any
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    scope: str
+
+
+def spans_of(batch: ExportTraceServiceRequest) -> Iterable[SpanRecord]:
+    for resource_spans in batch.resource_spans:
+        sampled = not is_errors_only(resource_spans)
+        resource = attribute_dict(
+            kv for kv in resource_spans.resource.attributes if kv.key != ERRORS_ONLY
+        )
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope.name
+            for span in scope_spans.spans:
+                yield _span_record(span, resource, scope, sampled)
+
+
+def _span_record(span: Span, resource: dict[str, Any], scope: str, sampled: bool) -> SpanRecord:
+    return SpanRecord(
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_span_id=span.parent_span_id.hex() or None,
+        remote_parent=span.flags & _REMOTE_PARENT == _REMOTE_PARENT,
+        name=span.name,
+        kind=span.kind,
+        start_ns=span.start_time_unix_nano,
+        end_ns=span.end_time_unix_nano,
+        attributes=attribute_dict(span.attributes),
+        events=[Event(e.name, e.time_unix_nano, attribute_dict(e.attributes)) for e in span.events],
+        status_code=span.status.code,
+        status_message=span.status.message,
+        resource=resource,
+        scope=scope,
+        sampled=sampled,
+    )
+
+
+def logs_of(batch: ExportLogsServiceRequest) -> Iterable[LogRecord]:
+    for resource_logs in batch.resource_logs:
+        resource = attribute_dict(resource_logs.resource.attributes)
+        for scope_logs in resource_logs.scope_logs:
+            scope = scope_logs.scope.name
+            for record in scope_logs.log_records:
+                yield LogRecord(
+                    trace_id=record.trace_id.hex() or None,
+                    span_id=record.span_id.hex() or None,
+                    time_ns=record.time_unix_nano or record.observed_time_unix_nano,
+                    severity_number=record.severity_number,
+                    severity_text=record.severity_text,
+                    body=plain(record.body),
+                    attributes=attribute_dict(record.attributes),
+                    resource=resource,
+                    scope=scope,
+                )

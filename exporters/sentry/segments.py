@@ -1,0 +1,176 @@
+"""Assembles Sentry segments (a transaction: a segment span and its descendants) from spans
+that arrive in any order, across batches, in a bounded per-trace buffer.
+
+A segment is emitted ``settle_s`` after its segment span arrived, so children that end after
+their parent (background work) still join it. Spans whose segment never comes are emitted
+"as is" ``max_wait_s`` after the trace's last span: each top-most remaining span becomes a
+transaction of its own. Spans arriving after their segment left are late: their errors still
+go out, their timing is dropped and counted. Bounds: ``max_traces`` traces and ``max_spans``
+spans in all; past them the oldest traces are emitted as they are, never silently lost.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from exporters.sentry.records import LogRecord, SpanRecord
+
+MAX_LOGS_PER_TRACE = 100  # kept for breadcrumbs and exception logs
+MAX_EMITTED_IDS = 10_000  # per trace, to recognise late children
+
+
+@dataclass(slots=True)
+class Group:
+    """What one emission carries: a segment (None for spans left without one), its spans
+    (segment first), the trace's logs (for breadcrumbs), and the exception logs whose error
+    events belong to this group."""
+
+    segment: SpanRecord | None
+    spans: list[SpanRecord]
+    logs: list[LogRecord]
+    exception_logs: list[LogRecord] = field(default_factory=list)
+    late: bool = False
+
+
+@dataclass(slots=True)
+class _Trace:
+    spans: dict[str, SpanRecord] = field(default_factory=dict)
+    segment_arrivals: dict[str, float] = field(default_factory=dict)
+    logs: deque[LogRecord] = field(default_factory=lambda: deque(maxlen=MAX_LOGS_PER_TRACE))
+    exception_logs: list[LogRecord] = field(default_factory=list)
+    emitted: set[str] = field(default_factory=set)
+    last_seen: float = 0.0
+
+
+class TraceBuffer:
+    def __init__(self, settle_s: float, max_wait_s: float, max_traces: int, max_spans: int) -> None:
+        self.settle_s = settle_s
+        self.max_wait_s = max_wait_s
+        self.max_traces = max_traces
+        self.max_spans = max_spans
+        self.span_count = 0
+        self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently seen first
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    def add_spans(self, spans: Iterable[SpanRecord], now: float) -> list[Group]:
+        """Buffer spans; returns what must leave at once (late spans, evicted traces)."""
+        out: list[Group] = []
+        for span in spans:
+            trace = self._trace(span.trace_id, now)
+            if span.parent_span_id in trace.emitted and not span.is_segment:
+                trace.emitted.add(span.span_id)
+                out.append(Group(None, [span], list(trace.logs), late=True))
+                continue
+            if span.span_id not in trace.spans:
+                self.span_count += 1
+            trace.spans[span.span_id] = span
+            if span.is_segment:
+                trace.segment_arrivals[span.span_id] = now
+        out.extend(self._enforce_bounds())
+        return out
+
+    def add_logs(
+        self, logs: Iterable[LogRecord], now: float, exception: bool = False
+    ) -> list[Group]:
+        """Buffer a trace's logs: plain ones as breadcrumbs, exception ones until their span's
+        group leaves (so their error event gets its request and user)."""
+        for record in logs:
+            assert record.trace_id, "logs without a trace are not buffered"
+            trace = self._trace(record.trace_id, now)
+            if not exception:
+                trace.logs.append(record)
+            elif len(trace.exception_logs) < MAX_LOGS_PER_TRACE:
+                trace.exception_logs.append(record)
+            else:
+                return [Group(None, [], list(trace.logs), [record])]
+        return self._enforce_bounds()
+
+    def due(self, now: float) -> list[Group]:
+        """Segments that have settled, and traces quiet for ``max_wait_s``."""
+        out: list[Group] = []
+        for trace_id in list(self._traces):
+            trace = self._traces[trace_id]
+            if now - trace.last_seen >= self.max_wait_s:
+                out.extend(self._flush(trace_id))
+                continue
+            for segment_id, arrived in list(trace.segment_arrivals.items()):
+                if now - arrived >= self.settle_s:
+                    out.append(self._take_segment(trace, segment_id))
+        return out
+
+    def flush_all(self) -> list[Group]:
+        out: list[Group] = []
+        for trace_id in list(self._traces):
+            out.extend(self._flush(trace_id))
+        return out
+
+    def _trace(self, trace_id: str, now: float) -> _Trace:
+        trace = self._traces.get(trace_id)
+        if trace is None:
+            trace = self._traces[trace_id] = _Trace()
+        else:
+            self._traces.move_to_end(trace_id)
+        trace.last_seen = now
+        return trace
+
+    def _take_segment(self, trace: _Trace, segment_id: str) -> Group:
+        del trace.segment_arrivals[segment_id]
+        segment = trace.spans[segment_id]
+        members = [segment, *self._descendants(trace, segment_id)]
+        self._remove(trace, members)
+        return Group(segment, members, list(trace.logs), self._exception_logs(trace, members))
+
+    @staticmethod
+    def _exception_logs(trace: _Trace, members: list[SpanRecord]) -> list[LogRecord]:
+        ids = {span.span_id for span in members}
+        mine = [r for r in trace.exception_logs if r.span_id in ids]
+        if mine:
+            trace.exception_logs = [r for r in trace.exception_logs if r.span_id not in ids]
+        return mine
+
+    def _descendants(self, trace: _Trace, root_id: str) -> list[SpanRecord]:
+        """Spans under ``root_id`` down to (not into) other segments."""
+        children: dict[str, list[SpanRecord]] = {}
+        for span in trace.spans.values():
+            if span.parent_span_id and not span.is_segment:
+                children.setdefault(span.parent_span_id, []).append(span)
+        found, stack = [], [root_id]
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                found.append(child)
+                stack.append(child.span_id)
+        return found
+
+    def _flush(self, trace_id: str) -> list[Group]:
+        """Everything of a trace, now: settled or not, segment or not."""
+        trace = self._traces[trace_id]
+        out = [self._take_segment(trace, sid) for sid in list(trace.segment_arrivals)]
+        while trace.spans:
+            # Top-most remaining spans (parent absent) stand in for their missing segment.
+            top = next(s for s in trace.spans.values() if s.parent_span_id not in trace.spans)
+            members = [top, *self._descendants(trace, top.span_id)]
+            self._remove(trace, members)
+            out.append(Group(None, members, list(trace.logs), self._exception_logs(trace, members)))
+        if trace.exception_logs:
+            out.append(Group(None, [], list(trace.logs), trace.exception_logs))
+        del self._traces[trace_id]
+        return out
+
+    def _remove(self, trace: _Trace, spans: list[SpanRecord]) -> None:
+        for span in spans:
+            if trace.spans.pop(span.span_id, None) is not None:
+                self.span_count -= 1
+            if len(trace.emitted) < MAX_EMITTED_IDS:
+                trace.emitted.add(span.span_id)
+
+    def _enforce_bounds(self) -> list[Group]:
+        out: list[Group] = []
+        while self._traces and (
+            len(self._traces) > self.max_traces or self.span_count > self.max_spans
+        ):
+            out.extend(self._flush(next(iter(self._traces))))
+        return out

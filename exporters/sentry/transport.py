@@ -1,0 +1,238 @@
+"""Delivery to Sentry: a bounded queue, a few senders, and the envelope protocol's answers.
+
+``POST {scheme}://{host}/api/{project}/envelope/`` with ``X-Sentry-Auth`` and a gzip body.
+Every response's ``X-Sentry-Rate-Limits`` is honoured per category (error, transaction,
+log_item); a 429 without it blocks everything for ``Retry-After`` seconds, else 60. While a
+category is limited its items are dropped before sending. 413 and other 4xx: dropped, not
+retried. 5xx and network errors: retried with backoff and jitter (``retry_on_failure``).
+Every drop is counted with its reason and reported to Sentry in a ``client_report`` item, as
+sentry-python does (``queue_overflow``, ``ratelimit_backoff``, ``send_error``,
+``network_error``). No log line or error here ever contains the DSN or its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections import Counter
+from collections.abc import Mapping
+from itertools import chain
+
+import aiohttp
+from sentry_sdk.envelope import Item
+from sentry_sdk.utils import Dsn
+
+from collector import __version__
+from collector.memory import HELD
+from collector.telemetry import DROPPED, EXPORTED, log
+from exporters.retry import QueueSettings, RetrySettings
+from exporters.sentry.envelope import Outgoing, category, client_report, quantity
+
+DEFAULT_RATE_LIMIT_S = 60.0
+CLIENT_REPORT_INTERVAL_S = 30.0
+_ALL = "*"  # a limit on every category
+
+
+def parse_rate_limits(header: str, now: float) -> dict[str, float]:
+    """``X-Sentry-Rate-Limits`` → {category or "*": monotonic time the limit ends}.
+
+    Format: ``retry_after:categories:scope[:reason[:namespaces]]``, comma-separated; an empty
+    category list means all categories.
+    """
+    limits: dict[str, float] = {}
+    for entry in header.split(","):
+        retry_after, _, rest = entry.strip().partition(":")
+        try:
+            until = now + float(retry_after)
+        except ValueError:
+            continue
+        categories = rest.split(":", 1)[0]
+        for name in categories.split(";") if categories else [_ALL]:
+            limits[name or _ALL] = max(until, limits.get(name or _ALL, 0.0))
+    return limits
+
+
+def retry_after_seconds(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value is not None else DEFAULT_RATE_LIMIT_S
+    except ValueError:
+        return DEFAULT_RATE_LIMIT_S
+
+
+class SentryTransport:
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        queue: QueueSettings,
+        retry: RetrySettings,
+        timeout_s: float,
+    ) -> None:
+        self.name = name
+        parsed = Dsn(dsn)
+        auth = parsed.to_auth(client=f"otel-sidecar/{__version__}")
+        self.url = auth.get_api_url()  # .../api/<project>/envelope/
+        self._auth_header = auth.to_header()
+        self.where = f"project {parsed.project_id} at {parsed.host}"  # no key: safe to show
+        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue.queue_size)
+        self._senders_wanted = queue.num_consumers
+        self._retry = retry
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._limits: dict[str, float] = {}
+        self._discarded: Counter[tuple[str, str]] = Counter()
+        self._last_report = time.monotonic()
+        self._session: aiohttp.ClientSession | None = None
+        self._senders: list[asyncio.Task[None]] = []
+        self.last_error: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self._senders = [
+            asyncio.create_task(self._send_loop(), name=f"{self.name}-sender-{index}")
+            for index in range(self._senders_wanted)
+        ]
+
+    async def shutdown(self) -> None:
+        """Send what is queued (the pipeline bounds how long), then the last client report."""
+        try:
+            await self._queue.join()
+            if self._discarded:
+                await self._deliver(Outgoing({}, []))
+        finally:
+            for sender in self._senders:
+                sender.cancel()
+            await asyncio.gather(*self._senders, return_exceptions=True)
+            while not self._queue.empty():
+                self._drop(self._queue.get_nowait(), "network_error")
+            if self._session is not None:
+                await self._session.close()
+
+    # --- the queue ---------------------------------------------------------------------------
+
+    def submit(self, outgoing: Outgoing) -> None:
+        """Queue an envelope without waiting; what is rate-limited or does not fit is dropped."""
+        self._remove_limited(outgoing)
+        if not outgoing.items:
+            return
+        try:
+            self._queue.put_nowait(outgoing)
+        except asyncio.QueueFull:
+            self._drop(outgoing, "queue_overflow")
+            return
+        HELD.hold(outgoing.size)
+
+    def report_if_due(self) -> None:
+        """Send pending client reports on their own when no envelope has carried them."""
+        due = time.monotonic() - self._last_report >= CLIENT_REPORT_INTERVAL_S
+        if self._discarded and due and self._queue.empty() and not self.is_limited("internal"):
+            self._queue.put_nowait(Outgoing({}, []))  # empty queue: it fits
+
+    def is_limited(self, name: str) -> bool:
+        now = time.monotonic()
+        return self._limits.get(name, 0.0) > now or self._limits.get(_ALL, 0.0) > now
+
+    async def _send_loop(self) -> None:
+        while True:
+            outgoing = await self._queue.get()
+            try:
+                await self._deliver(outgoing)
+            except Exception as error:  # a bug must not kill the sender
+                log.error("sentry_send_failed", exporter=self.name, error=type(error).__name__)
+                self._drop(outgoing, "internal_sdk_error")
+            finally:
+                HELD.release(outgoing.size)
+                self._queue.task_done()
+
+    # --- one envelope ------------------------------------------------------------------------
+
+    async def _deliver(self, outgoing: Outgoing) -> None:
+        self._remove_limited(outgoing)  # limits may have arrived while it waited
+        reports = self._take_client_report()
+        if not outgoing.items and not reports:
+            return
+        body = gzip.compress(outgoing.serialize(reports), compresslevel=6)
+        for delay in chain([0.0], self._retry.delays()):
+            await asyncio.sleep(delay)
+            status = await self._post(body)
+            if status is None or status >= 500:
+                continue  # network error or server error: retry
+            if 200 <= status < 300:
+                self._count_sent(outgoing)
+            elif status == 429:
+                self._count(outgoing, "rate_limited")  # Sentry counted these itself
+            else:
+                self._drop(outgoing, "send_error")
+                log.warning("sentry_rejected", exporter=self.name, status=status)
+            return
+        self._drop(outgoing, "network_error")
+
+    async def _post(self, body: bytes) -> int | None:
+        assert self._session is not None
+        headers = {
+            "X-Sentry-Auth": self._auth_header,
+            "Content-Type": "application/x-sentry-envelope",
+            "Content-Encoding": "gzip",
+        }
+        try:
+            async with self._session.post(self.url, data=body, headers=headers) as response:
+                await response.read()
+                self._update_limits(response.status, response.headers)
+                self.last_error = None if response.status < 400 else f"HTTP {response.status}"
+                return response.status
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # The type only: aiohttp's text names the URL, which holds the project's key.
+            self.last_error = type(error).__name__
+            return None
+
+    def _update_limits(self, status: int, headers: Mapping[str, str]) -> None:
+        now = time.monotonic()
+        header = headers.get("X-Sentry-Rate-Limits")
+        if header:
+            new = parse_rate_limits(header, now)
+        elif status == 429:
+            new = {_ALL: now + retry_after_seconds(headers.get("Retry-After"))}
+        else:
+            return
+        for name, until in new.items():
+            self._limits[name] = max(until, self._limits.get(name, 0.0))
+        log.warning("sentry_rate_limited", exporter=self.name,
+                    categories=sorted(new), seconds=round(max(new.values()) - now))  # fmt: skip
+
+    # --- counting ----------------------------------------------------------------------------
+
+    def _remove_limited(self, outgoing: Outgoing) -> None:
+        kept = []
+        for item in outgoing.items:
+            name = category(item)
+            if self.is_limited(name):
+                self._record(name, "ratelimit_backoff", quantity(item))
+            else:
+                kept.append(item)
+        outgoing.items = kept
+
+    def _drop(self, outgoing: Outgoing, reason: str) -> None:
+        for item in outgoing.items:
+            self._record(category(item), reason, quantity(item))
+
+    def _record(self, name: str, reason: str, count: int) -> None:
+        self._discarded[reason, name] += count
+        DROPPED.labels(self.name, name, reason).inc(count)
+
+    def _count(self, outgoing: Outgoing, reason: str) -> None:
+        for name, count in outgoing.categories().items():
+            DROPPED.labels(self.name, name, reason).inc(count)
+
+    def _count_sent(self, outgoing: Outgoing) -> None:
+        for name, count in outgoing.categories().items():
+            EXPORTED.labels(self.name, name).inc(count)
+
+    def _take_client_report(self) -> list[Item]:
+        # Reports are data category "internal": a limit on everything holds them back too.
+        if not self._discarded or self.is_limited("internal"):
+            return []
+        report, self._discarded = client_report(self._discarded), Counter()
+        self._last_report = time.monotonic()
+        return [report]

@@ -1,0 +1,283 @@
+"""The Sentry exporter against a capturing Sentry server: segment assembly across batches,
+orphans, rate limits per category, 429 without headers, 413, 500-then-200, client reports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from collector.settings import ConfigError, Duration
+from exporters.retry import QueueSettings, RetrySettings
+from exporters.sentry import SentryExporter, SentrySettings
+from tests.sentry_sink import SentrySink
+
+NOW = time.time_ns()
+MS = 1_000_000
+
+
+@pytest.fixture
+def sink() -> Iterator[SentrySink]:
+    with SentrySink() as running:
+        yield running
+    assert running.referee_errors == []
+
+
+def settings(sink: SentrySink, **overrides: Any) -> SentrySettings:
+    base: dict[str, Any] = {
+        "dsn": sink.dsn,
+        "environment": "test",
+        "transaction_wait": Duration(0.05),
+        "max_trace_wait": Duration(0.5),
+        "retry_on_failure": RetrySettings(
+            initial_interval=Duration(0.05),
+            max_interval=Duration(0.1),
+            max_elapsed_time=Duration(1),
+        ),
+    }
+    return SentrySettings(**{**base, **overrides})
+
+
+def run(
+    sink: SentrySink, scenario: Callable[[SentryExporter], Awaitable[None]], **overrides: Any
+) -> None:
+    async def main() -> None:
+        exporter = SentryExporter("sentry", settings(sink, **overrides))
+        await exporter.start()
+        try:
+            await scenario(exporter)
+        finally:
+            await exporter.shutdown()
+
+    asyncio.run(main())
+
+
+class Trace:
+    """Spans of one trace, built as the OTel SDK would export them."""
+
+    def __init__(self) -> None:
+        self.trace_id = os.urandom(16)
+
+    def span(
+        self,
+        name: str,
+        parent: Span | None = None,
+        kind: int = Span.SPAN_KIND_INTERNAL,
+        error: bool = False,
+        **attributes: Any,
+    ) -> Span:
+        span = Span(
+            trace_id=self.trace_id,
+            span_id=os.urandom(8),
+            name=name,
+            kind=kind,
+            parent_span_id=parent.span_id if parent else b"",
+            start_time_unix_nano=NOW,
+            end_time_unix_nano=NOW + 5 * MS,
+        )
+        for key, value in attributes.items():
+            span.attributes.add(key=key).value.string_value = value
+        if error:
+            event = span.events.add(name="exception", time_unix_nano=NOW + MS)
+            event.attributes.add(key="exception.type").value.string_value = "KeyError"
+            event.attributes.add(key="exception.message").value.string_value = "'sku'"
+        return span
+
+
+def batch(*spans: Span) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = "shop"
+    resource_spans.scope_spans.add().spans.extend(spans)
+    return request
+
+
+async def until(condition: Callable[[], Any], within_s: float = 10) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_segment_assembled_across_batches(sink: SentrySink) -> None:
+    """Children sent before their root and one sent after it all join one transaction."""
+    trace = Trace()
+    root = trace.span(
+        "GET /cart",
+        kind=Span.SPAN_KIND_SERVER,
+        **{"http.request.method": "GET", "http.route": "/cart"},
+    )
+    db = trace.span(
+        "SELECT", root, Span.SPAN_KIND_CLIENT, **{"db.system": "sqlite", "db.statement": "SELECT 1"}
+    )
+    internal = trace.span("render", root)
+    late_child = trace.span("audit", internal)
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(db, internal))
+        await asyncio.sleep(0.1)
+        await exporter.consume(batch(root))
+        await exporter.consume(batch(late_child))  # within transaction_wait of the root
+        await until(lambda: sink.events("transaction"))
+
+    run(sink, scenario, transaction_wait=Duration(0.3))
+    (event,) = sink.events("transaction")
+    assert event["transaction"] == "GET /cart"
+    assert sorted(s["description"] for s in event["spans"]) == ["SELECT 1", "audit", "render"]
+    by_id = {s["span_id"]: s for s in event["spans"]}
+    assert by_id[late_child.span_id.hex()]["parent_span_id"] == internal.span_id.hex()
+
+
+def test_orphans_are_emitted_as_is_after_the_wait(sink: SentrySink) -> None:
+    """Spans whose segment never comes leave after max_trace_wait, the top-most as root."""
+    trace = Trace()
+    missing_root = trace.span("GET /lost", kind=Span.SPAN_KIND_SERVER)
+    orphan = trace.span("work", missing_root)
+    grandchild = trace.span("SELECT", orphan, Span.SPAN_KIND_CLIENT, **{"db.system": "sqlite"})
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(orphan, grandchild))
+        await asyncio.sleep(0.2)
+        assert sink.events("transaction") == []  # still waiting for the root
+        await until(lambda: sink.events("transaction"))
+
+    run(sink, scenario)
+    (event,) = sink.events("transaction")
+    assert event["transaction"] == "work"
+    assert event["contexts"]["trace"]["span_id"] == orphan.span_id.hex()
+    assert [s["span_id"] for s in event["spans"]] == [grandchild.span_id.hex()]
+
+
+def test_late_span_after_its_segment_left_is_counted_not_sent(sink: SentrySink) -> None:
+    trace = Trace()
+    root = trace.span("GET /", kind=Span.SPAN_KIND_SERVER)
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(root))
+        await until(lambda: sink.events("transaction"))
+        await exporter.consume(batch(trace.span("too late", root, error=True)))
+        await until(lambda: sink.events("event"))  # its error still goes out
+
+    run(sink, scenario)
+    assert len(sink.events("transaction")) == 1
+
+
+def test_rate_limited_category_is_dropped_before_sending(sink: SentrySink) -> None:
+    """X-Sentry-Rate-Limits on transactions: transactions are dropped and reported, errors
+    still go."""
+    sink.answer(200, X_Sentry_Rate_Limits="60:transaction:organization")
+
+    async def scenario(exporter: SentryExporter) -> None:
+        first = Trace()
+        await exporter.consume(batch(first.span("GET /a", kind=Span.SPAN_KIND_SERVER)))
+        await until(lambda: len(sink.received) == 1)
+        second = Trace()
+        await exporter.consume(batch(second.span("GET /b", kind=Span.SPAN_KIND_SERVER, error=True)))
+        await until(lambda: sink.events("event"))
+
+    run(sink, scenario)
+    assert [e["transaction"] for e in sink.events("transaction")] == ["GET /a"]
+    assert len(sink.events("event")) == 1
+    assert {"reason": "ratelimit_backoff", "category": "transaction", "quantity": 1} in (
+        sink.client_reports()
+    )
+
+
+def test_429_without_headers_blocks_everything_for_60_s(sink: SentrySink) -> None:
+    sink.answer(429)
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(Trace().span("GET /a", kind=Span.SPAN_KIND_SERVER)))
+        await until(lambda: len(sink.received) == 1)
+        for _ in range(3):
+            await exporter.consume(batch(Trace().span("x", kind=Span.SPAN_KIND_SERVER, error=True)))
+        await asyncio.sleep(0.5)
+        assert exporter._transport is not None and exporter._transport.is_limited("error")
+
+    run(sink, scenario)
+    assert len(sink.received) == 1  # nothing else was even tried
+
+
+def test_413_is_dropped_not_retried_and_reported(sink: SentrySink) -> None:
+    sink.answer(413)
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(Trace().span("GET /big", kind=Span.SPAN_KIND_SERVER)))
+        await until(lambda: len(sink.received) == 1)
+        await asyncio.sleep(0.3)
+        assert len(sink.received) == 1
+        await exporter.consume(batch(Trace().span("GET /next", kind=Span.SPAN_KIND_SERVER)))
+        await until(lambda: sink.events("transaction"))
+
+    run(sink, scenario)
+    assert [e["transaction"] for e in sink.events("transaction")] == ["GET /next"]
+    assert {"reason": "send_error", "category": "transaction", "quantity": 1} in (
+        sink.client_reports()
+    )
+
+
+def test_500_then_200_is_retried_and_delivered_once(sink: SentrySink) -> None:
+    sink.answer(500)
+    sink.answer(503)
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(Trace().span("GET /flaky", kind=Span.SPAN_KIND_SERVER)))
+        await until(lambda: sink.events("transaction"))
+
+    run(sink, scenario)
+    assert [r.status for r in sink.received] == [500, 503, 200]
+    assert len(sink.events("transaction")) == 1
+
+
+def test_dead_sentry_gives_up_after_max_elapsed_time(sink: SentrySink) -> None:
+    sink.answer(500, times=100)
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(Trace().span("GET /", kind=Span.SPAN_KIND_SERVER)))
+        await asyncio.sleep(1.5)
+
+    run(sink, scenario)
+    attempts = len(sink.received)
+    assert 2 <= attempts < 30  # bounded by max_elapsed_time, not forever
+    assert sink.events("transaction") == []
+
+
+def test_full_queue_drops_and_reports_overflow(sink: SentrySink) -> None:
+    sink.answer(500, times=3)
+
+    async def scenario(exporter: SentryExporter) -> None:
+        for _ in range(5):  # one in flight, one queued, three overflow
+            await exporter.consume(batch(Trace().span("GET /", kind=Span.SPAN_KIND_SERVER)))
+            await asyncio.sleep(0.1)
+        await until(lambda: any(r.items("client_report") for r in sink.received))
+
+    run(sink, scenario, sending_queue=QueueSettings(queue_size=1, num_consumers=1))
+    reports = [r for r in sink.client_reports() if r["reason"] == "queue_overflow"]
+    assert sum(r["quantity"] for r in reports) >= 2
+
+
+def test_empty_dsn_is_disabled() -> None:
+    exporter = SentryExporter("sentry", SentrySettings(dsn=""))
+    assert exporter.status() == ("disabled", "no DSN configured (set SENTRY_DSN)")
+    asyncio.run(exporter.consume(batch(Trace().span("x"))))  # takes it, sends nothing
+
+
+def test_invalid_dsn_fails_the_start_without_showing_it() -> None:
+    secret = "https://not-a-dsn-but-a-secret"
+    with pytest.raises(ConfigError) as error:
+        SentrySettings(dsn=secret).check("exporters.sentry")
+    assert str(error.value).startswith("exporters.sentry.dsn: not a valid Sentry DSN")
+    assert secret not in str(error.value)
+
+
+def test_status_names_project_never_key(sink: SentrySink) -> None:
+    exporter = SentryExporter("sentry", settings(sink))
+    state, message = exporter.status()
+    assert state == "healthy" and "project 42" in message
+    assert "0123456789abcdef" not in message
