@@ -11,6 +11,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 def plain(value: AnyValue) -> Any:
     """The Python value of an AnyValue (lists and dicts for array and kvlist)."""
     kind = value.WhichOneof("value")
+    if kind == "string_value":  # most attributes: first, and without getattr
+        return value.string_value
     if kind is None:
         return None
     if kind == "array_value":

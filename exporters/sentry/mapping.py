@@ -78,9 +78,17 @@ def sentry_safe(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_verdicts: dict[str, bool] = {}  # string -> sensitive; values repeat a lot across spans
+
+
 def _safe_value(value: Any) -> Any:
     if isinstance(value, str):
-        return FILTERED if _SENTRY_SENSITIVE.search(value) else value
+        sensitive = _verdicts.get(value)
+        if sensitive is None:
+            if len(_verdicts) >= 10_000:
+                _verdicts.clear()
+            sensitive = _verdicts[value] = _SENTRY_SENSITIVE.search(value) is not None
+        return FILTERED if sensitive else value
     if isinstance(value, list):
         return [_safe_value(item) for item in value]
     if isinstance(value, dict):

@@ -1,0 +1,167 @@
+"""OTel → Sentry rules, called directly: op, description and status in both semantic
+conventions, transaction names, log levels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from exporters.sentry import mapping
+from exporters.sentry.records import CLIENT, CONSUMER, SERVER, LogRecord, SpanRecord
+
+INTERNAL = 1
+
+
+def span(kind: int = INTERNAL, status: int = 0, message: str = "", **attrs: Any) -> SpanRecord:
+    return SpanRecord(
+        trace_id="a" * 32,
+        span_id="b" * 16,
+        parent_span_id="c" * 16,
+        remote_parent=False,
+        name="span name",
+        kind=kind,
+        start_ns=0,
+        end_ns=1,
+        attributes={k.replace("__", "."): v for k, v in attrs.items()},
+        events=[],
+        status_code=status,
+        status_message=message,
+        resource={},
+        scope="s",
+        sampled=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "op", "description"),
+    [
+        (
+            span(SERVER, http__request__method="GET", http__route="/items/{id}"),
+            "http.server",
+            "GET /items/{id}",
+        ),
+        (
+            span(SERVER, http__method="POST", http__target="/login?next=/"),
+            "http.server",
+            "POST /login?next=/",
+        ),
+        (
+            span(CLIENT, http__request__method="GET", url__full="https://api.x/v1/a?key=1"),
+            "http.client",
+            "GET https://api.x/v1/a",
+        ),
+        (
+            span(CLIENT, http__method="GET", http__url="http://old.x/p?q=1"),
+            "http.client",
+            "GET http://old.x/p",
+        ),
+        (
+            span(CLIENT, http__request__method="PUT", server__address="cache"),
+            "http.client",
+            "PUT cache",
+        ),
+        (span(CLIENT, db__system__name="postgresql", db__query__text="SELECT ?"), "db", "SELECT ?"),
+        (span(CLIENT, db__system="sqlite", db__statement="DELETE FROM t"), "db", "DELETE FROM t"),
+        (span(CLIENT, db__system="redis"), "db", "span name"),
+        (span(CLIENT, rpc__service="Greeter"), "rpc", "span name"),
+        (span(CONSUMER, messaging__system="kafka"), "message", "span name"),
+        (span(SERVER, faas__trigger="http"), "http", "span name"),
+        (span(), "span name", "span name"),
+    ],
+    ids=[
+        "http-server-stable",
+        "http-server-old",
+        "http-client-stable",
+        "http-client-old",
+        "http-client-peer",
+        "db-stable",
+        "db-old",
+        "db-no-statement",
+        "rpc",
+        "messaging",
+        "faas",
+        "plain",
+    ],
+)
+def test_op_and_description(record: SpanRecord, op: str, description: str) -> None:
+    assert mapping.span_op(record) == (op, description)
+
+
+@pytest.mark.parametrize(
+    ("record", "status"),
+    [
+        (span(status=1), "ok"),
+        (span(status=2), "unknown_error"),
+        (span(status=2, http__response__status_code=404), "not_found"),
+        (span(status=2, http__status_code=503), "unavailable"),
+        (span(http__response__status_code=500), "internal_error"),
+        (span(http__response__status_code=418), "invalid_argument"),
+        (span(http__response__status_code=201), "ok"),
+        (span(status=2, rpc__grpc__status_code=5), "not_found"),
+        (span(status=2, message="deadline_exceeded"), "deadline_exceeded"),
+        (span(), None),
+    ],
+)
+def test_status(record: SpanRecord, status: str | None) -> None:
+    assert mapping.span_status(record) == status
+
+
+def test_transaction_name_from_route_else_span_name() -> None:
+    assert mapping.transaction_name(
+        span(SERVER, http__request__method="GET", http__route="/a/{b}")
+    ) == ("GET /a/{b}", "route")
+    assert mapping.transaction_name(span(SERVER)) == ("span name", "custom")
+
+
+@pytest.mark.parametrize(
+    ("number", "text", "level"),
+    [
+        (1, "", "trace"),
+        (4, "", "trace"),
+        (5, "", "debug"),
+        (9, "", "info"),
+        (13, "", "warn"),
+        (17, "", "error"),
+        (20, "", "error"),
+        (21, "", "fatal"),
+        (24, "", "fatal"),
+        (0, "WARNING", "warn"),
+        (0, "", "info"),
+        (0, "critical", "fatal"),
+    ],
+)
+def test_log_level_from_severity(number: int, text: str, level: str) -> None:
+    record = LogRecord(None, None, 0, number, text, "m", {}, {}, "s")
+    assert mapping.log_level(record) == level
+
+
+def test_structured_log_body_keys_become_attributes() -> None:
+    record = LogRecord(
+        "a" * 32,
+        None,
+        1_000_000_000,
+        9,
+        "INFO",
+        {"event": "code_execution_completed", "user_id": 7, "success": True},
+        {"logger": "app"},
+        {"service.name": "api"},
+        "app.api",
+    )
+    item = mapping.log_item(record, mapping.Defaults("prod", "1.0", "0.1.0"))
+    assert item["body"] == "code_execution_completed"
+    assert item["attributes"]["user_id"] == {"value": 7, "type": "integer"}
+    assert item["attributes"]["success"] == {"value": True, "type": "boolean"}
+    assert item["attributes"]["sentry.environment"] == {"value": "prod", "type": "string"}
+    assert item["timestamp"] == 1.0
+
+
+def test_fingerprint_groups_by_in_app_code_not_message() -> None:
+    frames = [
+        {"filename": "app/x.py", "function": "f", "in_app": True, "lineno": 3},
+        {"filename": "lib/y.py", "function": "g", "in_app": False, "lineno": 9},
+    ]
+    one = [{"type": "E", "value": "a 1", "stacktrace": {"frames": frames}}]
+    two = [{"type": "E", "value": "b 2", "stacktrace": {"frames": frames}}]
+    assert mapping.fingerprint(one) == mapping.fingerprint(two) == ["", "E", "app/x.py:f"]
+    assert mapping.fingerprint([{"type": "E", "value": "v"}]) == ["{{ default }}"]
