@@ -20,7 +20,11 @@ from collector.telemetry import configure_logging, log
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return args.command(args)
+    try:
+        return args.command(args)
+    except ConfigError as error:  # the message names the YAML key and never a secret
+        print(f"invalid config: {error}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,28 +59,16 @@ def _load(path: str | None) -> config_module.Config:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-    except ConfigError as error:
-        print(f"invalid config: {error}", file=sys.stderr)
-        return 2
+    config = _load(args.config)
     pipelines = ", ".join(config.service.pipelines)
     print(f"{args.config}: valid (pipelines: {pipelines})")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-    except ConfigError as error:
-        print(f"invalid config: {error}", file=sys.stderr)
-        return 2
+    config = _load(args.config)
     configure_logging(config.service.log_level)
-    try:
-        return asyncio.run(_serve(config))
-    except ConfigError as error:
-        print(f"invalid config: {error}", file=sys.stderr)
-        return 2
+    return asyncio.run(_serve(config))
 
 
 async def _serve(config: config_module.Config) -> int:

@@ -36,6 +36,15 @@ ROUTES = [
 ]
 
 
+SECRET = "demo-secret-token"  # sent in an Authorization header; must never reach the output
+SIDECAR_LINES: list[dict] = []
+
+
+def show(line: str) -> None:
+    print(f"  sidecar | {line.rstrip()}")
+    SIDECAR_LINES.append(json.loads(line))
+
+
 def start_sidecar() -> tuple[subprocess.Popen[str], dict[str, str]]:
     env = {**os.environ, "OTEL_SIDECAR_FILE_PATH": str(OUTPUT)}
     sidecar = subprocess.Popen(
@@ -47,8 +56,8 @@ def start_sidecar() -> tuple[subprocess.Popen[str], dict[str, str]]:
     )
     assert sidecar.stdout is not None
     for line in sidecar.stdout:
-        print(f"  sidecar | {line.rstrip()}")
-        event = json.loads(line)
+        show(line)
+        event = SIDECAR_LINES[-1]
         if event["event"] == "sidecar_started":
             return sidecar, event["endpoints"]
         if event["event"] == "start_failed":
@@ -91,7 +100,7 @@ def play_service(endpoints: dict[str, str], seconds: float) -> tuple[int, int]:
                 "http.route": route,
                 "url.path": route.replace("{lesson_id}", str(rng.randint(1, 99))),
                 "enduser.id": str(user_id),
-                "http.request.header.authorization": ["Bearer demo-secret-token"],
+                "http.request.header.authorization": [f"Bearer {SECRET}"],
                 "user_agent.original": "Mozilla/5.0 (demo)",
             },
         ) as server:
@@ -104,6 +113,8 @@ def play_service(endpoints: dict[str, str], seconds: float) -> tuple[int, int]:
                 ):
                     spans += 1
                     time.sleep(rng.uniform(0.001, 0.01))
+            if route == "/api/execute" and rng.random() < 0.05:
+                time.sleep(1.05)  # a slow request: the sidecar logs slow_request for it
             failed = route == "/api/execute" and rng.random() < 0.1
             if failed:
                 try:
@@ -150,15 +161,21 @@ def main() -> int:
         sidecar.terminate()
         assert sidecar.stdout is not None
         for line in sidecar.stdout:
-            print(f"  sidecar | {line.rstrip()}")
+            show(line)
         code = sidecar.wait(60)
     lines, spans, logs = count_output()
+    slow = sum(1 for event in SIDECAR_LINES if event["event"] == "slow_request")
+    leaked = SECRET in OUTPUT.read_text()
     print()
     print(f"sent:     {sent_spans} spans, {sent_logs} log records")
     print(f"received: {spans} spans, {logs} log records in {lines} batches")
+    print(f"slow requests logged by the sidecar: {slow}")
+    print(f"Authorization header in the output: {'LEAKED' if leaked else 'removed'}")
     print(f"output:   {OUTPUT} (one OTLP/JSON export request per line)")
     print(f"sidecar exit code: {code}")
-    return 0 if code == 0 and (spans, logs) == (sent_spans, sent_logs) else 1
+    print("Set SENTRY_DSN to send the same traffic to Sentry as well.")
+    ok = code == 0 and (spans, logs) == (sent_spans, sent_logs) and not leaked
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
