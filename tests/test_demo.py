@@ -13,7 +13,7 @@ from tests.sidecar import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_and_reports(tmp_path: object) -> None:
+def test_demo_runs_and_reports() -> None:
     env = {**os.environ, "DEMO_SECONDS": "2"}
     result = subprocess.run(
         [sys.executable, "examples/demo.py"],

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from grpc import Compression as GrpcCompression
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogs
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogs
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
 from opentelemetry.sdk._logs import LoggerProvider
@@ -24,16 +26,34 @@ from tests.sidecar import Sidecar, attributes, logs_in, spans_in
 RESOURCE = Resource.create({"service.name": "checkout", "service.version": "1.2.3"})
 
 
-def grpc_exporters(sidecar: Sidecar) -> tuple[Any, Any]:
+def grpc_exporters(sidecar: Sidecar, compression: Any = None) -> tuple[Any, Any]:
     endpoint = sidecar.endpoints["otlp_grpc"]
-    return GrpcSpans(endpoint=endpoint, insecure=True), GrpcLogs(endpoint=endpoint, insecure=True)
+    return (
+        GrpcSpans(endpoint=endpoint, insecure=True, compression=compression),
+        GrpcLogs(endpoint=endpoint, insecure=True, compression=compression),
+    )
 
 
-def http_exporters(sidecar: Sidecar) -> tuple[Any, Any]:
-    return HttpSpans(endpoint=sidecar.url("/v1/traces")), HttpLogs(endpoint=sidecar.url("/v1/logs"))
+def http_exporters(sidecar: Sidecar, compression: Any = None) -> tuple[Any, Any]:
+    return (
+        HttpSpans(endpoint=sidecar.url("/v1/traces"), compression=compression),
+        HttpLogs(endpoint=sidecar.url("/v1/logs"), compression=compression),
+    )
 
 
-@pytest.mark.parametrize("transport", [grpc_exporters, http_exporters], ids=["grpc", "http"])
+def grpc_gzip(sidecar: Sidecar) -> tuple[Any, Any]:
+    return grpc_exporters(sidecar, GrpcCompression.Gzip)
+
+
+def http_gzip(sidecar: Sidecar) -> tuple[Any, Any]:
+    return http_exporters(sidecar, HttpCompression.Gzip)
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [grpc_exporters, http_exporters, grpc_gzip, http_gzip],
+    ids=["grpc", "http", "grpc-gzip", "http-gzip"],
+)
 def test_spans_and_logs_arrive_intact(
     sidecar: Sidecar, transport: Callable[[Sidecar], tuple[Any, Any]]
 ) -> None:
