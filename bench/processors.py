@@ -65,8 +65,8 @@ def sentry_mapping() -> Step:
     def step(batch: ExportTraceServiceRequest) -> None:
         buffer = exporter._buffer
         for group in [*buffer.add_spans(spans_of(batch), 0.0), *buffer.flush_all()]:
-            for event, sampled in exporter._events(group):
-                trace = exporter._trace_header(event, sampled)
+            for event in exporter._events(group):
+                trace = exporter._trace_header(event)
                 envelope.event_envelope(event, dsn, trace).serialize()
 
     return step

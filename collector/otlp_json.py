@@ -41,13 +41,17 @@ def decode(data: bytes, signal: Signal) -> Batch:
         tree = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidJson(f"body is not JSON: {error}") from None
+    except RecursionError:
+        raise InvalidJson("body is nested too deeply") from None
     if not isinstance(tree, dict):
         raise InvalidJson("body must be a JSON object")
-    _hex_ids_to_base64(tree)
     try:
+        _hex_ids_to_base64(tree)
         return json_format.ParseDict(tree, signal.request_type(), ignore_unknown_fields=True)
     except json_format.ParseError as error:
         raise InvalidJson(str(error)) from None
+    except RecursionError:
+        raise InvalidJson("body is nested too deeply") from None
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from collector import components
 from collector.component import Consumer
 from collector.config import Config, PipelineSettings
+from collector.processors.scrubber import Scrubber
+from collector.processors.slow_spans import SlowSpans
 from collector.sampling import without_errors_only
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, log
@@ -92,6 +94,7 @@ class Service:
             for pid in reversed(pipeline.processors):
                 head = _make(components.PROCESSORS, pid, config.processors[pid], signal, head)
                 chain.insert(0, head)
+            _share_scrub_rules(chain)
             self.processors.extend(chain)
             heads[name] = (signal, head)
             if signal is Signal.TRACES:
@@ -147,6 +150,15 @@ class Service:
             await _within(receiver.shutdown(grace_s=min(5.0, grace_s / 4)), deadline, receiver)
         for component in [*self.processors, *self.exporters.values()]:
             await _within(component.shutdown(), deadline, component)
+
+
+def _share_scrub_rules(chain: list[Any]) -> None:
+    """slow_spans logs values before the scrubber sees the batch: it uses the scrubber's
+    rules (the configured ones too) for its log lines."""
+    scrubbers = [p for p in chain if isinstance(p, Scrubber)]
+    for processor in chain:
+        if isinstance(processor, SlowSpans) and scrubbers:
+            processor.rules = scrubbers[0].rules
 
 
 def _make(kinds: dict[str, components.Kind], component_id: str, settings: Any, *args: Any) -> Any:

@@ -59,9 +59,10 @@ def setting(
 ) -> Any:
     """A dataclass field with the limits :func:`build` checks when the value comes from YAML."""
     meta = {"minimum": minimum, "maximum": maximum, "choices": choices, "secret": secret}
+    shown = not secret  # a secret stays out of repr(), so out of tracebacks and debug logs
     if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        return dataclasses.field(default_factory=factory, metadata=meta, repr=shown)
+    return dataclasses.field(default=default, metadata=meta, repr=shown)
 
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

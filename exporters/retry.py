@@ -40,7 +40,6 @@ class RetrySettings:
 
 @dataclass(frozen=True)
 class QueueSettings:
-    enabled: bool = True
     queue_size: int = setting(1000, minimum=1, maximum=1_000_000)
     num_consumers: int = setting(4, minimum=1, maximum=64)
     storage: str = setting("memory", choices=("memory",))

@@ -178,6 +178,20 @@ class TestHttp:
         assert status == 413
         assert_still_serving(shared_sidecar)
 
+    def test_gzip_with_several_members(self, shared_sidecar: Sidecar) -> None:
+        """RFC 1952 allows concatenated members; all of them are read."""
+        data = trace_request(name="two members").SerializeToString()
+        body = gzip.compress(data[:10]) + gzip.compress(data[10:])
+        status, _, _ = post(shared_sidecar, "/v1/traces", body, **{"Content-Encoding": "gzip"})
+        assert status == 200
+
+    def test_deeply_nested_json_is_400(self, shared_sidecar: Sidecar) -> None:
+        body = b'{"resourceSpans": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        status, answer, _ = post(shared_sidecar, "/v1/traces", body, "application/json")
+        assert status == 400
+        assert "nested too deeply" in json.loads(answer)["message"]
+        assert_still_serving(shared_sidecar)
+
     def test_corrupt_gzip_is_400(self, shared_sidecar: Sidecar) -> None:
         status, _, _ = post(
             shared_sidecar, "/v1/traces", b"\x1f\x8bnot gzip", **{"Content-Encoding": "gzip"}

@@ -281,3 +281,84 @@ def test_status_names_project_never_key(sink: SentrySink) -> None:
     state, message = exporter.status()
     assert state == "healthy" and "project 42" in message
     assert "0123456789abcdef" not in message
+
+
+def test_awkward_values_still_give_valid_events(sink: SentrySink) -> None:
+    """Bytes, NaN, infinite status codes and credential-bearing URLs are sent, not fatal."""
+    trace = Trace()
+    root = trace.span("GET /odd", kind=Span.SPAN_KIND_SERVER, **{"http.request.method": "GET"})
+    root.attributes.add(key="raw").value.bytes_value = b"\x00\xff"
+    root.attributes.add(key="ratio").value.double_value = float("nan")
+    root.attributes.add(key="http.response.status_code").value.double_value = float("inf")
+    client = trace.span(
+        "GET",
+        root,
+        Span.SPAN_KIND_CLIENT,
+        **{"http.request.method": "GET", "url.full": "https://[Filtered]@api.example/x"},
+    )
+    broken = trace.span(
+        "GET",
+        root,
+        Span.SPAN_KIND_CLIENT,
+        error=True,
+        **{"http.request.method": "GET", "url.full": "http://[::1/x"},
+    )
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(client, broken, root))
+        await until(lambda: sink.events("transaction") and sink.events("event"))
+        assert exporter._tick is not None and not exporter._tick.done()
+
+    run(sink, scenario)
+    (event,) = sink.events("transaction")
+    assert event["contexts"]["trace"]["data"]["ratio"] == "nan"
+    assert event["contexts"]["trace"]["data"]["raw"] == "AP8="
+
+
+@pytest.mark.parametrize("shape", ["self-parent", "cycle", "duplicate-id"])
+def test_bad_parent_ids_never_hang_or_stop_the_exporter(sink: SentrySink, shape: str) -> None:
+    trace = Trace()
+    a = trace.span("a")
+    b = trace.span("b", a)
+    if shape == "self-parent":
+        a.parent_span_id = a.span_id
+        spans = [a]
+    elif shape == "cycle":
+        a.parent_span_id = b.span_id
+        spans = [a, b]
+    else:  # a server span, then another span re-using its id with itself as parent
+        a.kind = Span.SPAN_KIND_SERVER
+        twin = trace.span("twin", a)
+        twin.span_id = a.span_id
+        spans = [a, twin]
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(*spans))
+        await exporter.consume(batch(Trace().span("GET /after", kind=Span.SPAN_KIND_SERVER)))
+        await until(lambda: "GET /after" in [e["transaction"] for e in sink.events("transaction")])
+
+    run(sink, scenario)
+
+
+def test_a_transaction_keeps_at_most_1000_spans(sink: SentrySink) -> None:
+    trace = Trace()
+    root = trace.span("GET /big", kind=Span.SPAN_KIND_SERVER)
+    children = [trace.span(f"step {i}", root) for i in range(1500)]
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(*children, root))
+        await until(lambda: sink.events("transaction"))
+
+    run(sink, scenario)
+    assert len(sink.events("transaction")[0]["spans"]) == 1000
+
+
+def test_retry_after_is_bounded(sink: SentrySink) -> None:
+    from exporters.sentry.transport import MAX_RATE_LIMIT_S, parse_rate_limits, retry_after_seconds
+
+    assert retry_after_seconds("1e999") == MAX_RATE_LIMIT_S
+    assert parse_rate_limits("1e999::organization", 0.0) == {"*": MAX_RATE_LIMIT_S}
+    assert parse_rate_limits("60:error;transaction:key, junk", 10.0) == {
+        "error": 70.0,
+        "transaction": 70.0,
+    }

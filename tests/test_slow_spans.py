@@ -176,3 +176,16 @@ def test_slow_attribute_reaches_the_exporters(tmp_path: Path) -> None:
         assert sidecar.stop() == 0
     ((_, span),) = spans_in(sidecar.lines())
     assert attributes(span)["slow"] is True
+
+
+def test_configured_scrub_rules_apply_to_the_log_line(tmp_path: Path) -> None:
+    """The pipeline's scrubber rules, custom ones included, scrub the slow_request line."""
+    config = SLOW_CONFIG.replace(
+        "sampler: {rate: 0}", 'sampler: {rate: 0}\n  scrubber: {filter_values: ["ACME-[0-9]{8}"]}'
+    ).replace("[slow_spans, sampler, batch]", "[slow_spans, sampler, scrubber, batch]")
+    with Sidecar(tmp_path, config) as sidecar:
+        batch = span_batch(Span.SPAN_KIND_SERVER, 1200, url__path="/orders/ACME-12345678")
+        assert isinstance(grpc_export(sidecar, batch.SerializeToString()), bytes)
+        assert sidecar.stop() == 0
+    (line,) = sidecar.named("slow_request")
+    assert line["path"] == "/orders/[Filtered]"

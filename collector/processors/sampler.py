@@ -64,6 +64,7 @@ class Sampler:
         for resource_spans in batch.resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 spans = list(scope_spans.spans)
+                # sampling.randomness, inlined: this runs on every span.
                 keeps = [int.from_bytes(s.trace_id[-7:], "big") >= threshold for s in spans]
                 if all(keeps):
                     kept += len(spans)

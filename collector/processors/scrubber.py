@@ -439,9 +439,11 @@ class Rules:
     def _verdict(self, key: str) -> Verdict:
         verdict = self._verdicts.get(key)
         if verdict is None:
-            if len(self._verdicts) >= _CACHE_SIZE:
-                self._verdicts.clear()
-            verdict = self._verdicts[key] = self._decide(key)
+            verdict = self._decide(key)
+            if len(key) <= _CLEAN_MAX_LEN:  # a huge key is decided, not remembered
+                if len(self._verdicts) >= _CACHE_SIZE:
+                    self._verdicts.clear()
+                self._verdicts[key] = verdict
         return verdict
 
     def _decide(self, key: str) -> Verdict:
@@ -641,14 +643,14 @@ class Scrubber:
     ) -> None:
         self.name = name  # one set of rules serves traces and logs alike: signal is not needed
         self._next = next
-        self._rules = Rules.from_settings(settings, f"processors.{name}")
+        self.rules = Rules.from_settings(settings, f"processors.{name}")
         self._counters = {label: SCRUBBED.labels(label) for label in LABELS}
 
     async def start(self) -> None:
         pass
 
     async def consume(self, batch: Batch) -> None:
-        for label, count in self._rules.scrub_batch(batch).items():
+        for label, count in self.rules.scrub_batch(batch).items():
             self._counters[label].inc(count)
         await self._next.consume(batch)
 

@@ -23,7 +23,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector.attributes import first, has
 from collector.component import Consumer
-from collector.processors.scrubber import scrub_text
+from collector.processors.scrubber import DEFAULT_RULES, Rules
 from collector.settings import setting
 from collector.signals import Signal
 from collector.telemetry import SLOW, log
@@ -45,6 +45,8 @@ class SlowSpans:
         self._db_ns = settings.db_threshold_ms * _MS
         self._settings = settings
         self._next = next
+        # The pipeline gives it its scrubber's rules, so the log line obeys the configured ones.
+        self.rules: Rules = DEFAULT_RULES
         self._requests = SLOW.labels(name, "slow_request")
         self._queries = SLOW.labels(name, "slow_query")
 
@@ -92,11 +94,11 @@ class SlowSpans:
     def _request_event(self, span: Span, duration_ns: int) -> dict[str, Any]:
         path = first(span.attributes, "http.route", "url.path", "http.target")
         if isinstance(path, str):
-            path = scrub_text(path.partition("?")[0])
+            path = path.partition("?")[0]
         return {
             "event": "slow_request",
-            "path": path,
-            "method": first(span.attributes, "http.request.method", "http.method"),
+            "path": self._scrubbed(path),
+            "method": self._scrubbed(first(span.attributes, "http.request.method", "http.method")),
             **self._common(span, duration_ns, self._settings.threshold_ms),
         }
 
@@ -104,19 +106,18 @@ class SlowSpans:
         statement = first(span.attributes, "db.query.text", "db.statement")
         return {
             "event": "slow_query",
-            "statement": scrub_text(statement, key="db.statement")
-            if isinstance(statement, str)
-            else None,
-            "db_system": first(span.attributes, "db.system.name", "db.system"),
+            "statement": self._scrubbed(statement, key="db.statement"),
+            "db_system": self._scrubbed(first(span.attributes, "db.system.name", "db.system")),
             **self._common(span, duration_ns, self._settings.db_threshold_ms),
         }
 
-    @staticmethod
-    def _common(span: Span, duration_ns: int, threshold_ms: float) -> dict[str, Any]:
-        user_id = first(span.attributes, "enduser.id")
+    def _common(self, span: Span, duration_ns: int, threshold_ms: float) -> dict[str, Any]:
         return {
             "duration_ms": round(duration_ns / _MS, 2),
             "threshold_ms": float(threshold_ms),
-            "user_id": scrub_text(user_id) if isinstance(user_id, str) else user_id,
+            "user_id": self._scrubbed(first(span.attributes, "enduser.id"), key="enduser.id"),
             "trace_id": span.trace_id.hex(),
         }
+
+    def _scrubbed(self, value: Any, key: str | None = None) -> Any:
+        return self.rules.scrub_text(value, key=key) if isinstance(value, str) else value

@@ -8,6 +8,7 @@ Answers carry a ``google.rpc.Status`` in the request's encoding, as the OTLP spe
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -62,10 +63,14 @@ class OtlpHttpServer:
         self._runner = runner
 
     async def shutdown(self, grace_s: float) -> None:
-        if self._runner is not None:
-            await self._runner.shutdown()
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop listening at once; requests in flight get ``grace_s`` to finish."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            await asyncio.wait_for(runner.cleanup(), grace_s)
+        except TimeoutError:
+            log.warning("receiver_shutdown_timeout", receiver=self.intake.transport)
 
     def _handler(self, signal: Signal) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
@@ -139,14 +144,19 @@ class OtlpHttpServer:
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate at most ``limit`` bytes; raises TooLarge past that, zlib.error on bad input."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    out = inflater.decompress(data, limit + 1)
-    if len(out) > limit:
-        raise TooLarge
-    if not inflater.eof:
-        raise zlib.error("truncated gzip stream")
-    return out
+    """Inflate at most ``limit`` bytes (over all gzip members, as RFC 1952 allows several);
+    raises TooLarge past that, zlib.error on bad input."""
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        out += inflater.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise TooLarge
+        if not inflater.eof:
+            raise zlib.error("truncated gzip stream")
+        data = inflater.unused_data
+        if not data:
+            return bytes(out)
 
 
 def _status(http_status: int, code: int, message: str, content_type: str) -> web.Response:

@@ -57,18 +57,19 @@ def trace_header(
     trace_id: str,
     public_key: str,
     sample_rate: float,
-    sampled: bool,
     environment: str | None,
     release: str | None,
     transaction: str | None,
 ) -> dict[str, str]:
-    """The dynamic sampling context: ``sampled == (sample_rand < sample_rate)`` by design."""
+    """The dynamic sampling context. ``sampled`` is ``sample_rand < sample_rate``, which is
+    exactly the sampler's decision for the trace (see collector.sampling)."""
+    rand = sample_rand(bytes.fromhex(trace_id))
     header = {
         "trace_id": trace_id,
         "public_key": public_key,
         "sample_rate": repr(float(sample_rate)),
-        "sample_rand": repr(sample_rand(bytes.fromhex(trace_id))),
-        "sampled": "true" if sampled else "false",
+        "sample_rand": repr(rand),
+        "sampled": "true" if rand < sample_rate else "false",
     }
     for key, value in (("environment", environment), ("release", release),
                        ("transaction", transaction)):  # fmt: skip

@@ -23,14 +23,15 @@ from sentry_sdk.utils import BadDsn, Dsn
 from collector import __version__
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, signal_of
-from collector.telemetry import DROPPED
+from collector.telemetry import DROPPED, log
 from exporters.retry import QueueSettings, RetrySettings
 from exporters.sentry import envelope, mapping
-from exporters.sentry.records import LogRecord, logs_of, spans_of
+from exporters.sentry.records import LogRecord, SpanRecord, logs_of, spans_of
 from exporters.sentry.segments import Group, TraceBuffer
 from exporters.sentry.transport import SentryTransport
 
 _TICK_S = 0.25
+MAX_SPANS_PER_TRANSACTION = 1000
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class SentrySettings:
     # Spans whose segment never arrives leave this long after their trace's last span.
     max_trace_wait: Duration = setting(Duration(30), minimum=0.1, maximum=3600)
     max_traces: int = setting(10_000, minimum=1, maximum=1_000_000)
-    max_buffered_spans: int = setting(100_000, minimum=1, maximum=10_000_000)
+    # ~2.4 KB of memory per buffered span: 20 000 spans are ~50 MB.
+    max_buffered_spans: int = setting(20_000, minimum=1, maximum=1_000_000)
     timeout: Duration = setting(Duration(30), minimum=0.1, maximum=300)
     sending_queue: QueueSettings = setting(factory=QueueSettings)
     retry_on_failure: RetrySettings = setting(factory=RetrySettings)
@@ -124,9 +126,12 @@ class SentryExporter:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(_TICK_S)
-            self._emit(self._buffer.due(time.monotonic()))
-            assert self._transport is not None
-            self._transport.report_if_due()
+            try:
+                self._emit(self._buffer.due(time.monotonic()))
+                assert self._transport is not None
+                self._transport.report_if_due()
+            except Exception as error:  # a bug must not stop every later transaction
+                log.error("sentry_tick_failed", exporter=self.name, error=type(error).__name__)
 
     # --- logs --------------------------------------------------------------------------------
 
@@ -135,31 +140,34 @@ class SentryExporter:
         for outgoing in envelope.log_envelopes(items, self.settings.dsn):
             self._submit(outgoing)
         traced = [r for r in records if r.trace_id and not mapping.is_exception_log(r)]
-        self._buffer.add_logs(traced, now)
+        self._emit(self._buffer.add_logs(traced, now))  # evicted traces leave, not vanish
         failed = [r for r in records if mapping.is_exception_log(r)]
         self._emit(self._buffer.add_logs([r for r in failed if r.trace_id], now, exception=True))
         for record in failed:
             if not record.trace_id:
-                event = mapping.error_from_log(record, None, None, [], self._defaults)
-                self._submit(envelope.event_envelope(event, self.settings.dsn, None))
+                self._emit([Group(None, [], [], [record])])
 
     # --- traces ------------------------------------------------------------------------------
 
     def _emit(self, groups: list[Group]) -> None:
         for group in groups:
-            for event, sampled in self._events(group):
-                trace = self._trace_header(event, sampled)
-                self._submit(envelope.event_envelope(event, self.settings.dsn, trace))
+            try:
+                for event in self._events(group):
+                    trace = self._trace_header(event)
+                    self._submit(envelope.event_envelope(event, self.settings.dsn, trace))
+            except Exception as error:  # one malformed trace must not stop the others
+                DROPPED.labels(self.name, "error", "internal_error").inc()
+                log.error("sentry_event_failed", exporter=self.name, error=type(error).__name__)
             if group.late:
                 DROPPED.labels(self.name, "transaction", "late_span").inc(len(group.spans))
 
-    def _events(self, group: Group) -> list[tuple[dict[str, Any], bool]]:
-        """The transaction (if sampled) and error events of one group, with their sampled flag."""
+    def _events(self, group: Group) -> list[dict[str, Any]]:
+        """The transaction (if sampled) and the error events of one group."""
         spans = group.spans
         segment = group.segment or (spans[0] if spans else None)
-        events: list[tuple[dict[str, Any], bool]] = []
+        events: list[dict[str, Any]] = []
         if segment is not None and segment.sampled and not group.late:
-            events.append((mapping.transaction(segment, spans[1:], self._defaults), True))
+            events.append(self._transaction(segment, spans[1:]))
         seen: set[tuple[str | None, str, str]] = set()
         for span in spans:
             for event in span.events:
@@ -167,19 +175,27 @@ class SentryExporter:
                     continue
                 seen.add(_exception_key(span.span_id, event.attributes))
                 crumbs = mapping.breadcrumbs(spans, group.logs, event.time_ns)
-                error = mapping.error_from_span_event(span, event, segment, crumbs, self._defaults)
-                events.append((error, span.sampled))
+                events.append(
+                    mapping.error_from_span_event(span, event, segment, crumbs, self._defaults)
+                )
         by_id = {span.span_id: span for span in spans}
         for record in group.exception_logs:
             if _exception_key(record.span_id, record.attributes) in seen:
                 continue  # the same exception, already sent from the span event
             crumbs = mapping.breadcrumbs(spans, group.logs, record.time_ns)
             span = by_id.get(record.span_id or "")
-            error = mapping.error_from_log(record, span, segment, crumbs, self._defaults)
-            events.append((error, segment.sampled if segment else False))
+            events.append(mapping.error_from_log(record, span, segment, crumbs, self._defaults))
         return events
 
-    def _trace_header(self, event: dict[str, Any], sampled: bool) -> dict[str, str] | None:
+    def _transaction(self, segment: SpanRecord, children: list[SpanRecord]) -> dict[str, Any]:
+        """Sentry refuses events over 1 MiB: like sentry-python, keep the first 1000 spans."""
+        if len(children) > MAX_SPANS_PER_TRANSACTION:
+            dropped = len(children) - MAX_SPANS_PER_TRANSACTION
+            DROPPED.labels(self.name, "span", "too_many_spans").inc(dropped)
+            children = children[:MAX_SPANS_PER_TRANSACTION]
+        return mapping.transaction(segment, children, self._defaults)
+
+    def _trace_header(self, event: dict[str, Any]) -> dict[str, str] | None:
         trace = event.get("contexts", {}).get("trace", {})
         if not trace.get("trace_id"):
             return None
@@ -187,7 +203,7 @@ class SentryExporter:
             "transaction" in event and event.get("type") != "transaction"
         )
         return envelope.trace_header(
-            trace["trace_id"], self._public_key, self.sample_rate, sampled,
+            trace["trace_id"], self._public_key, self.sample_rate,
             event.get("environment"), event.get("release"),
             event.get("transaction") if routed else None,
         )  # fmt: skip

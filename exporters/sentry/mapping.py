@@ -39,7 +39,7 @@ FILTERED = "[Filtered]"
 # scrub, and what Sentry shows is what the sidecar sent.
 _SENTRY_SENSITIVE = re.compile(
     r"passw(?:or)?d|secret|api[-_]?key|auth|credentials|mysql_pwd|private[-_]?key"
-    r"|token\S*[:=]",
+    r"|token[^\s:=]{0,64}[:=]",  # bounded: a long run of "token" stays linear
     re.IGNORECASE,
 )
 _SENTRY_SAFE_KEYS = frozenset({"http.route", "route"})
@@ -53,11 +53,15 @@ class Defaults:
     release: str
     sdk_version: str
 
-    def apply(self, event: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+    def environment_release(self, resource: dict[str, Any]) -> tuple[Any, Any]:
+        """From config, else from the app's resource (either semantic convention)."""
         environment = self.environment or resource.get(
             "deployment.environment.name", resource.get("deployment.environment")
         )
-        release = self.release or resource.get("service.version")
+        return environment, self.release or resource.get("service.version")
+
+    def apply(self, event: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
+        environment, release = self.environment_release(resource)
         event.update(
             event_id=uuid.uuid4().hex,
             platform="python",
@@ -85,9 +89,11 @@ def _safe_value(value: Any) -> Any:
     if isinstance(value, str):
         sensitive = _verdicts.get(value)
         if sensitive is None:
-            if len(_verdicts) >= 10_000:
-                _verdicts.clear()
-            sensitive = _verdicts[value] = _SENTRY_SENSITIVE.search(value) is not None
+            sensitive = _SENTRY_SENSITIVE.search(value) is not None
+            if len(value) <= 256:  # bounded memory: long strings are checked, not remembered
+                if len(_verdicts) >= 10_000:
+                    _verdicts.clear()
+                _verdicts[value] = sensitive
         return FILTERED if sensitive else value
     if isinstance(value, list):
         return [_safe_value(item) for item in value]
@@ -133,8 +139,7 @@ def _http_description(span: SpanRecord, method: str) -> str:
         return f"{method} {route or target}"
     url = first(attrs, "url.full", "http.url")
     if url:
-        parts = urlsplit(str(url))
-        return f"{method} {parts.scheme}://{parts.netloc}{parts.path}"
+        return f"{method} {_split_url(url)[0]}"
     peer = first(attrs, "server.address", "net.peer.name")
     return f"{method} {peer}" if peer else method
 
@@ -143,8 +148,19 @@ def http_status(attributes: dict[str, Any]) -> int | None:
     code = first(attributes, "http.response.status_code", "http.status_code")
     try:
         return int(code) if code is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _split_url(url: Any) -> tuple[str, str]:
+    """(URL without query, query); a URL that does not parse (``[Filtered]`` in the host, a
+    broken IPv6 literal) is kept whole rather than failing the event."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+        return f"{parts.scheme}://{parts.netloc}{parts.path}", parts.query
+    except ValueError:
+        return text.partition("?")[0], text.partition("?")[2]
 
 
 def span_status(span: SpanRecord) -> str | None:
@@ -304,8 +320,7 @@ def _request(attributes: dict[str, Any]) -> dict[str, Any] | None:
     request: dict[str, Any] = {"method": str(method)}
     full = first(attributes, "url.full", "http.url")
     if full:
-        parts = urlsplit(str(full))
-        url, query = f"{parts.scheme}://{parts.netloc}{parts.path}", parts.query
+        url, query = _split_url(full)
     else:
         target = str(first(attributes, "http.target") or "")
         path = first(attributes, "url.path") or target.partition("?")[0]
@@ -369,7 +384,9 @@ def error_from_log(
     event["level"] = "fatal" if record.severity_number >= 21 else "error"
     event["logentry"] = {"formatted": log_body(record)}
     if span is None and record.trace_id:
-        event["contexts"]["trace"] = {"trace_id": record.trace_id, "span_id": record.span_id}
+        # Sentry's trace context needs a span id; a log outside any span gets a fresh one.
+        span_id = record.span_id or uuid.uuid4().hex[:16]
+        event["contexts"]["trace"] = {"trace_id": record.trace_id, "span_id": span_id}
     return event
 
 
@@ -493,8 +510,7 @@ def log_item(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
     if isinstance(record.body, dict):  # structlog keys of a structured body
         attributes.update((k, v) for k, v in record.body.items() if k not in ("event", "message"))
     attributes.update(record.attributes)
-    environment = defaults.environment or record.resource.get("deployment.environment.name")
-    release = defaults.release or record.resource.get("service.version")
+    environment, release = defaults.environment_release(record.resource)
     attributes.update(
         {
             "sentry.environment": environment,

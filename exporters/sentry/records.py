@@ -5,6 +5,8 @@ processors' hot path.
 
 from __future__ import annotations
 
+import base64
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,22 @@ _REMOTE_PARENT = 0x300
 
 
 def attribute_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:
-    return {kv.key: plain(kv.value) for kv in attributes}
+    return {kv.key: jsonable(plain(kv.value)) for kv in attributes}
+
+
+def jsonable(value: Any) -> Any:
+    """What JSON (and so Sentry) can carry: bytes as base64, NaN and infinities as text."""
+    if isinstance(value, str | bool | int) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, list):
+        return [jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    return str(value)
 
 
 @dataclass(slots=True)
@@ -114,7 +131,7 @@ def logs_of(batch: ExportLogsServiceRequest) -> Iterable[LogRecord]:
                     time_ns=record.time_unix_nano or record.observed_time_unix_nano,
                     severity_number=record.severity_number,
                     severity_text=record.severity_text,
-                    body=plain(record.body),
+                    body=jsonable(plain(record.body)),
                     attributes=attribute_dict(record.attributes),
                     resource=resource,
                     scope=scope,

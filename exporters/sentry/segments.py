@@ -61,12 +61,16 @@ class TraceBuffer:
         out: list[Group] = []
         for span in spans:
             trace = self._trace(span.trace_id, now)
+            if span.parent_span_id == span.span_id:
+                span.parent_span_id = None  # its own parent: no parent we could wait for
+            if span.span_id in trace.spans or span.span_id in trace.emitted:
+                continue  # a duplicate (an SDK retry): the first copy stands
             if span.parent_span_id in trace.emitted and not span.is_segment:
-                trace.emitted.add(span.span_id)
+                if len(trace.emitted) < MAX_EMITTED_IDS:
+                    trace.emitted.add(span.span_id)
                 out.append(Group(None, [span], list(trace.logs), late=True))
                 continue
-            if span.span_id not in trace.spans:
-                self.span_count += 1
+            self.span_count += 1
             trace.spans[span.span_id] = span
             if span.is_segment:
                 trace.segment_arrivals[span.span_id] = now
@@ -77,7 +81,9 @@ class TraceBuffer:
         self, logs: Iterable[LogRecord], now: float, exception: bool = False
     ) -> list[Group]:
         """Buffer a trace's logs: plain ones as breadcrumbs, exception ones until their span's
-        group leaves (so their error event gets its request and user)."""
+        group leaves (so their error event gets its request and user). Returns what must
+        leave at once: exception logs past the per-trace bound, evicted traces."""
+        out: list[Group] = []
         for record in logs:
             assert record.trace_id, "logs without a trace are not buffered"
             trace = self._trace(record.trace_id, now)
@@ -86,8 +92,9 @@ class TraceBuffer:
             elif len(trace.exception_logs) < MAX_LOGS_PER_TRACE:
                 trace.exception_logs.append(record)
             else:
-                return [Group(None, [], list(trace.logs), [record])]
-        return self._enforce_bounds()
+                out.append(Group(None, [], list(trace.logs), [record]))
+        out.extend(self._enforce_bounds())
+        return out
 
     def due(self, now: float) -> list[Group]:
         """Segments that have settled, and traces quiet for ``max_wait_s``."""
@@ -97,9 +104,12 @@ class TraceBuffer:
             if now - trace.last_seen >= self.max_wait_s:
                 out.extend(self._flush(trace_id))
                 continue
-            for segment_id, arrived in list(trace.segment_arrivals.items()):
-                if now - arrived >= self.settle_s:
-                    out.append(self._take_segment(trace, segment_id))
+            settled = [
+                sid for sid, at in trace.segment_arrivals.items() if now - at >= self.settle_s
+            ]
+            if settled:
+                children = _children(trace)
+                out.extend(self._take_segment(trace, sid, children) for sid in settled)
         return out
 
     def flush_all(self) -> list[Group]:
@@ -117,12 +127,23 @@ class TraceBuffer:
         trace.last_seen = now
         return trace
 
-    def _take_segment(self, trace: _Trace, segment_id: str) -> Group:
+    def _take_segment(
+        self, trace: _Trace, segment_id: str, children: dict[str, list[SpanRecord]]
+    ) -> Group:
         del trace.segment_arrivals[segment_id]
-        segment = trace.spans[segment_id]
-        members = [segment, *self._descendants(trace, segment_id)]
+        return self._take(trace, trace.spans[segment_id], children, segment=True)
+
+    def _take(
+        self,
+        trace: _Trace,
+        root: SpanRecord,
+        children: dict[str, list[SpanRecord]],
+        segment: bool,
+    ) -> Group:
+        members = [root, *_descendants(trace, root.span_id, children)]
         self._remove(trace, members)
-        return Group(segment, members, list(trace.logs), self._exception_logs(trace, members))
+        logs = self._exception_logs(trace, members)
+        return Group(root if segment else None, members, list(trace.logs), logs)
 
     @staticmethod
     def _exception_logs(trace: _Trace, members: list[SpanRecord]) -> list[LogRecord]:
@@ -132,29 +153,19 @@ class TraceBuffer:
             trace.exception_logs = [r for r in trace.exception_logs if r.span_id not in ids]
         return mine
 
-    def _descendants(self, trace: _Trace, root_id: str) -> list[SpanRecord]:
-        """Spans under ``root_id`` down to (not into) other segments."""
-        children: dict[str, list[SpanRecord]] = {}
-        for span in trace.spans.values():
-            if span.parent_span_id and not span.is_segment:
-                children.setdefault(span.parent_span_id, []).append(span)
-        found, stack = [], [root_id]
-        while stack:
-            for child in children.get(stack.pop(), ()):
-                found.append(child)
-                stack.append(child.span_id)
-        return found
-
     def _flush(self, trace_id: str) -> list[Group]:
         """Everything of a trace, now: settled or not, segment or not."""
         trace = self._traces[trace_id]
-        out = [self._take_segment(trace, sid) for sid in list(trace.segment_arrivals)]
+        children = _children(trace)
+        out = [self._take_segment(trace, sid, children) for sid in list(trace.segment_arrivals)]
         while trace.spans:
-            # Top-most remaining spans (parent absent) stand in for their missing segment.
-            top = next(s for s in trace.spans.values() if s.parent_span_id not in trace.spans)
-            members = [top, *self._descendants(trace, top.span_id)]
-            self._remove(trace, members)
-            out.append(Group(None, members, list(trace.logs), self._exception_logs(trace, members)))
+            # Top-most remaining spans (parent absent) stand in for their missing segment;
+            # in a parent cycle there is none, and any span will do.
+            top = next(
+                (s for s in trace.spans.values() if s.parent_span_id not in trace.spans),
+                next(iter(trace.spans.values())),
+            )
+            out.append(self._take(trace, top, children, segment=False))
         if trace.exception_logs:
             out.append(Group(None, [], list(trace.logs), trace.exception_logs))
         del self._traces[trace_id]
@@ -174,3 +185,27 @@ class TraceBuffer:
         ):
             out.extend(self._flush(next(iter(self._traces))))
         return out
+
+
+def _children(trace: _Trace) -> dict[str, list[SpanRecord]]:
+    """Non-segment spans by parent id, built once per pass over a trace."""
+    children: dict[str, list[SpanRecord]] = {}
+    for span in trace.spans.values():
+        if span.parent_span_id and not span.is_segment:
+            children.setdefault(span.parent_span_id, []).append(span)
+    return children
+
+
+def _descendants(
+    trace: _Trace, root_id: str, children: dict[str, list[SpanRecord]]
+) -> list[SpanRecord]:
+    """Buffered spans under ``root_id``, down to (not into) other segments; each span once,
+    whatever cycles bad parent ids make."""
+    found, seen, stack = [], {root_id}, [root_id]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child.span_id not in seen and child.span_id in trace.spans:
+                seen.add(child.span_id)
+                found.append(child)
+                stack.append(child.span_id)
+    return found

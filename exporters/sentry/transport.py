@@ -30,8 +30,15 @@ from exporters.retry import QueueSettings, RetrySettings
 from exporters.sentry.envelope import Outgoing, category, client_report, quantity
 
 DEFAULT_RATE_LIMIT_S = 60.0
+MAX_RATE_LIMIT_S = 86_400.0  # a server asking for longer gets a day, not forever
 CLIENT_REPORT_INTERVAL_S = 30.0
 _ALL = "*"  # a limit on every category
+# Client-report reasons (sentry-python's) -> the sidecar's drop reasons on /metrics.
+_METRIC_REASONS = {
+    "queue_overflow": "queue_full",
+    "ratelimit_backoff": "rate_limited",
+    "internal_sdk_error": "internal_error",
+}
 
 
 def parse_rate_limits(header: str, now: float) -> dict[str, float]:
@@ -44,7 +51,7 @@ def parse_rate_limits(header: str, now: float) -> dict[str, float]:
     for entry in header.split(","):
         retry_after, _, rest = entry.strip().partition(":")
         try:
-            until = now + float(retry_after)
+            until = now + _clamp(float(retry_after))
         except ValueError:
             continue
         categories = rest.split(":", 1)[0]
@@ -55,9 +62,15 @@ def parse_rate_limits(header: str, now: float) -> dict[str, float]:
 
 def retry_after_seconds(value: str | None) -> float:
     try:
-        return max(0.0, float(value)) if value is not None else DEFAULT_RATE_LIMIT_S
+        return _clamp(float(value)) if value is not None else DEFAULT_RATE_LIMIT_S
     except ValueError:
         return DEFAULT_RATE_LIMIT_S
+
+
+def _clamp(seconds: float) -> float:
+    if seconds != seconds:  # NaN
+        return DEFAULT_RATE_LIMIT_S
+    return min(max(0.0, seconds), MAX_RATE_LIMIT_S)
 
 
 class SentryTransport:
@@ -120,7 +133,7 @@ class SentryTransport:
         try:
             self._queue.put_nowait(outgoing)
         except asyncio.QueueFull:
-            self._drop(outgoing, "queue_overflow")
+            self._drop(outgoing, "queue_overflow")  # Sentry's name for queue_full
             return
         HELD.hold(outgoing.size)
 
@@ -150,7 +163,7 @@ class SentryTransport:
 
     async def _deliver(self, outgoing: Outgoing) -> None:
         self._remove_limited(outgoing)  # limits may have arrived while it waited
-        reports = self._take_client_report()
+        reports, reported = self._take_client_report()
         if not outgoing.items and not reports:
             return
         body = gzip.compress(outgoing.serialize(reports), compresslevel=6)
@@ -168,6 +181,7 @@ class SentryTransport:
                 log.warning("sentry_rejected", exporter=self.name, status=status)
             return
         self._drop(outgoing, "network_error")
+        self._discarded.update(reported)  # the reports it carried go with the next envelope
 
     async def _post(self, body: bytes) -> int | None:
         assert self._session is not None
@@ -218,8 +232,8 @@ class SentryTransport:
             self._record(category(item), reason, quantity(item))
 
     def _record(self, name: str, reason: str, count: int) -> None:
-        self._discarded[reason, name] += count
-        DROPPED.labels(self.name, name, reason).inc(count)
+        self._discarded[reason, name] += count  # Sentry's reason names, for client reports
+        DROPPED.labels(self.name, name, _METRIC_REASONS.get(reason, reason)).inc(count)
 
     def _count(self, outgoing: Outgoing, reason: str) -> None:
         for name, count in outgoing.categories().items():
@@ -229,10 +243,11 @@ class SentryTransport:
         for name, count in outgoing.categories().items():
             EXPORTED.labels(self.name, name).inc(count)
 
-    def _take_client_report(self) -> list[Item]:
+    def _take_client_report(self) -> tuple[list[Item], Counter[tuple[str, str]]]:
+        """The pending client report as an item, and its counts (to put back on failure)."""
         # Reports are data category "internal": a limit on everything holds them back too.
         if not self._discarded or self.is_limited("internal"):
-            return []
-        report, self._discarded = client_report(self._discarded), Counter()
+            return [], Counter()
+        reported, self._discarded = self._discarded, Counter()
         self._last_report = time.monotonic()
-        return [report]
+        return [client_report(reported)], reported
