@@ -1,4 +1,4 @@
-"""``otel-sidecar``: run the sidecar, validate a config file.
+"""``otel-sidecar``: run the sidecar, validate a config file, ask a running one for its health.
 
 Exit codes: 0 success; 1 the sidecar failed at run time (a port in use, say); 2 bad usage
 or an invalid configuration, with a message naming the YAML key.
@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 from collector import __version__
 from collector import config as config_module
 from collector.settings import ConfigError
 from collector.telemetry import configure_logging, log
+
+DEFAULT_HEALTH_URL = "http://127.0.0.1:13133/health"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +56,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--config", metavar="PATH", required=True)
     validate.set_defaults(command=_validate)
+
+    health = commands.add_parser(
+        "health",
+        help="print a running sidecar's /health (exit 0 healthy, 1 not)",
+        description="The seed's health-check script: prints the health JSON; exit code 0 when "
+        "the sidecar answers healthy, 1 otherwise (unhealthy, or not answering).",
+    )
+    health.add_argument(
+        "--url", default=DEFAULT_HEALTH_URL, help=f"health endpoint (default {DEFAULT_HEALTH_URL})"
+    )
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health.set_defaults(command=_health)
     return parser
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as error:  # 503: unhealthy, with the report in the body
+        status, body = error.code, error.read()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        print(f"{args.url}: not answering ({reason})", file=sys.stderr)
+        return 1
+    try:
+        print(json.dumps(json.loads(body), indent=2, ensure_ascii=False))
+    except ValueError:
+        print(body.decode(errors="replace"))
+    return 0 if status == 200 else 1
 
 
 def _load(path: str | None) -> config_module.Config:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from collector.health import HealthServer, HealthSettings
 from collector.processors.batch import BatchProcessor, BatchSettings
 from collector.processors.memory_limiter import MemoryLimiter, MemoryLimiterSettings
 from collector.processors.sampler import Sampler, SamplerSettings
@@ -46,7 +47,9 @@ EXPORTERS: dict[str, Kind] = {
     "file": Kind(FileSettings, FileExporter),
     "sentry": Kind(SentrySettings, SentryExporter),
 }
-EXTENSIONS: dict[str, Kind] = {}
+EXTENSIONS: dict[str, Kind] = {
+    "health": Kind(HealthSettings, HealthServer),
+}
 
 SECTIONS: dict[str, dict[str, Kind]] = {
     "receivers": RECEIVERS,

@@ -39,6 +39,8 @@ exporters:
     environment: "${env:SENTRY_ENVIRONMENT:-production}"
     release: "${env:SENTRY_RELEASE:-}"
   file: {path: "${env:OTEL_SIDECAR_FILE_PATH:-./sidecar-out/telemetry.jsonl}"}
+extensions:
+  health: {endpoint: "${env:OTEL_SIDECAR_HEALTH_ENDPOINT:-127.0.0.1:13133}"}
 service:
   pipelines:
     traces:

@@ -111,6 +111,10 @@ class Service:
                 if feeds:
                     consumers[signal] = feeds[0] if len(feeds) == 1 else Tee(feeds)
             self.receivers[rid] = _make(components.RECEIVERS, rid, config.receivers[rid], consumers)
+        self.extensions = {
+            eid: _make(components.EXTENSIONS, eid, settings, self.component_status)
+            for eid, settings in config.extensions.items()
+        }
 
     def _tell_sample_rate(self, config: Config, pipeline: PipelineSettings) -> None:
         """Exporters that report the sampling rate (Sentry's trace header) learn their
@@ -126,12 +130,28 @@ class Service:
                 exporter.sample_rate = rates[0] if rates else 1.0
 
     def endpoints(self) -> dict[str, str]:
-        return {t: a for r in self.receivers.values() for t, a in r.endpoints.items()}
+        """Every address listened on: receivers' transports and extensions."""
+        listening = {t: a for r in self.receivers.values() for t, a in r.endpoints.items()}
+        listening.update((eid, e.address) for eid, e in self.extensions.items())
+        return listening
+
+    def component_status(self) -> dict[str, dict[str, str]]:
+        """The sidecar's own parts for /health: receivers listening, exporters' states."""
+        status = {
+            transport: {"status": "healthy", "message": f"listening on {address}"}
+            for receiver in self.receivers.values()
+            for transport, address in receiver.endpoints.items()
+        }
+        for eid, exporter in self.exporters.items():
+            state, message = exporter.status()
+            status[eid] = {"status": state, "message": message}
+        return status
 
     async def start(self) -> None:
         started: list[Any] = []
         try:
             for component in [
+                *self.extensions.values(),
                 *self.exporters.values(),
                 *reversed(self.processors),
                 *self.receivers.values(),
@@ -142,14 +162,23 @@ class Service:
             for component in reversed(started):
                 await component.shutdown()
             raise
+        self._set_ready(True)
+
+    def _set_ready(self, ready: bool) -> None:
+        for extension in self.extensions.values():
+            if hasattr(extension, "ready"):
+                extension.ready = ready
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, then flush processors and exporters, within ``grace_s`` overall."""
         deadline = time.monotonic() + grace_s
+        self._set_ready(False)  # the pod stops getting traffic first
         for receiver in self.receivers.values():
             await _within(receiver.shutdown(grace_s=min(5.0, grace_s / 4)), deadline, receiver)
         for component in [*self.processors, *self.exporters.values()]:
             await _within(component.shutdown(), deadline, component)
+        for extension in self.extensions.values():  # probes answer until the very end
+            await _within(extension.shutdown(), deadline + 1.0, extension)
 
 
 def _share_scrub_rules(chain: list[Any]) -> None:

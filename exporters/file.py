@@ -50,6 +50,9 @@ class FileExporter:
         self._file.write(otlp_json.encode(batch) + b"\n")
         self._file.flush()
 
+    def status(self) -> tuple[str, str]:
+        return "healthy", f"writing to {self.path}"
+
     async def shutdown(self) -> None:
         # Waits for the last write off the event loop, so the grace period can bound it.
         await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)

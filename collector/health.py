@@ -1,0 +1,193 @@
+"""The ``health`` extension: the pod's probes, the sidecar's metrics, the seed's health JSON.
+
+``GET /health`` answers the seed's format (HTTP 503 when a component is unhealthy)::
+
+    {"status": "healthy", "timestamp": "...", "version": "...",
+     "components": {"otlp_grpc": {"status": "healthy", "message": "listening on ..."}, ...}}
+
+``/health/live`` answers while the process runs (never depends on anything downstream);
+``/health/ready`` once the pipelines are built and the receivers listen, until shutdown starts;
+``/metrics`` is Prometheus text. Optional ``checks`` probe the app's own dependencies in the
+background (a database, an HTTP service, a TCP port) and add them as components, as the seed's
+backend did. No message ever carries a URL, DSN or header value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from collector import __version__
+from collector.settings import ConfigError, Duration, Endpoint, setting
+from collector.telemetry import REGISTRY, log
+
+HEALTHY, UNHEALTHY = "healthy", "unhealthy"
+_DATABASE_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "redis": 6379,
+                   "mongodb": 27017, "mssql": 1433}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    type: str = setting("tcp", choices=("database", "http", "tcp"))
+    url: str = setting("", secret=True)  # database URLs carry passwords
+    address: str = ""  # host:port, for tcp
+    interval: Duration = setting(Duration(15), minimum=1, maximum=3600)
+    timeout: Duration = setting(Duration(2), minimum=0.1, maximum=60)
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    endpoint: Endpoint = setting(Endpoint("127.0.0.1:13133"))
+    checks: dict[str, CheckSettings] = setting(factory=dict)
+
+    def check(self, path: str) -> None:
+        for name, probe in self.checks.items():
+            where = f"{path}.checks.{name}"
+            if probe.type == "tcp" and not probe.address:
+                raise ConfigError(f"{where}.address: required for a tcp check (host:port)")
+            if probe.type in ("database", "http") and probe.url and _target(probe) is None:
+                raise ConfigError(f"{where}.url: not a URL with a host")
+
+
+Components = Callable[[], dict[str, dict[str, str]]]
+
+
+class HealthServer:
+    """Serves the probes; ``components`` is asked for the sidecar's own parts on each /health."""
+
+    def __init__(self, name: str, settings: HealthSettings, components: Components) -> None:
+        self.name = name
+        self.settings = settings
+        self.address = str(settings.endpoint)
+        self.ready = False
+        self._components = components
+        self._checks: dict[str, dict[str, str]] = {
+            name: {"status": "unknown", "message": "not checked yet"} for name in settings.checks
+        }
+        self._runner: web.AppRunner | None = None
+        self._probes: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/health/live", self._live)
+        app.router.add_get("/health/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._health)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        endpoint = self.settings.endpoint
+        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise OSError(f"health: cannot listen on {endpoint}: {error.strerror}") from None
+        self.address = f"{endpoint.host}:{runner.addresses[0][1]}"
+        self._runner = runner
+        self._probes = [
+            asyncio.create_task(self._probe_loop(name, probe), name=f"health-check-{name}")
+            for name, probe in self.settings.checks.items()
+        ]
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        for task in self._probes:
+            task.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def report(self) -> dict[str, Any]:
+        components = {**self._components(), **self._checks}
+        unhealthy = any(c["status"] == UNHEALTHY for c in components.values())
+        return {
+            "status": UNHEALTHY if unhealthy or not self.ready else HEALTHY,
+            "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "version": __version__,
+            "components": components,
+        }
+
+    async def _health(self, request: web.Request) -> web.Response:
+        report = self.report()
+        return web.json_response(report, status=200 if report["status"] == HEALTHY else 503,
+                                 dumps=_dumps)  # fmt: skip
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        status = "ready" if self.ready else "not ready"
+        return web.json_response({"status": status}, status=200 if self.ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _probe_loop(self, name: str, probe: CheckSettings) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                self._checks[name] = await asyncio.wait_for(_probe(probe), probe.timeout)
+            except TimeoutError:
+                self._checks[name] = _result(UNHEALTHY, f"no answer within {probe.timeout:g} s")
+            except Exception as error:  # a probe must not die; say what kind of failure
+                self._checks[name] = _result(UNHEALTHY, f"check failed: {type(error).__name__}")
+                log.warning("health_check_failed", check=name, error=type(error).__name__)
+            await asyncio.sleep(max(0.0, probe.interval - (time.monotonic() - started)))
+
+
+async def _probe(probe: CheckSettings) -> dict[str, str]:
+    if probe.type in ("database", "http") and not probe.url:
+        return _result("disabled", "no URL configured")
+    if probe.type == "http":
+        timeout = aiohttp.ClientTimeout(total=float(probe.timeout))
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(probe.url, allow_redirects=False) as response,
+        ):
+            ok = response.status < 400
+            return _result(HEALTHY if ok else UNHEALTHY, f"HTTP {response.status}")
+    host, port = _target(probe) or ("", 0)
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError as error:
+        what = "Database connection" if probe.type == "database" else "Connection"
+        return _result(UNHEALTHY, f"{what} failed: {error.strerror or type(error).__name__}")
+    writer.close()
+    await writer.wait_closed()
+    what = "Database connection" if probe.type == "database" else "Connection"
+    return _result(HEALTHY, f"{what} successful")
+
+
+def _target(probe: CheckSettings) -> tuple[str, int] | None:
+    """Where a tcp or database check connects (a database is checked by reaching its port)."""
+    if probe.type == "tcp":
+        host, _, port = probe.address.rpartition(":")
+        return (host, int(port)) if host and port.isdigit() else None
+    try:
+        parts = urlsplit(probe.url)
+        scheme = parts.scheme.split("+")[0]
+        port = parts.port or _DATABASE_PORTS.get(scheme) or (443 if scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+def _result(status: str, message: str) -> dict[str, str]:
+    return {"status": status, "message": message}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2)

@@ -1,0 +1,174 @@
+"""The health extension: the seed's health JSON, the pod's probes, /metrics, the `health` CLI,
+and the seed's optional dependency checks."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.sentry_sink import SentrySink
+from tests.sidecar import BASIC_CONFIG, ROOT, Sidecar
+from tests.test_receivers import post, trace_request
+
+SECRET_PASSWORD = "db-password-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def database() -> Iterator[int]:
+    """A TCP listener standing in for a database server."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+def config(database_port: int, dead_port: int, dsn: str) -> str:
+    return (
+        BASIC_CONFIG.replace(
+            "exporters:\n",
+            f"""exporters:
+  sentry: {{dsn: "{dsn}"}}
+""",
+        ).replace("exporters: [file]}\n    logs", "exporters: [sentry, file]}\n    logs")
+        + f"""
+extensions:
+  health:
+    endpoint: "127.0.0.1:0"
+    checks:
+      database:
+        type: database
+        url: "postgresql://app:{SECRET_PASSWORD}@127.0.0.1:{database_port}/app"
+        interval: 1s
+      sandbox_pool: {{type: tcp, address: "127.0.0.1:{dead_port}", interval: 1s}}
+"""
+    )
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def wait_checked(sidecar: Sidecar) -> dict:
+    """The report once every check has run at least once."""
+    for _ in range(100):
+        report = json.loads(get(f"http://{sidecar.endpoints['health']}/health")[1])
+        if all(c["status"] != "unknown" for c in report["components"].values()):
+            return report
+        time.sleep(0.1)
+    raise AssertionError("checks never ran")
+
+
+def test_health_report_probes_and_metrics(tmp_path: Path, database: int) -> None:
+    with (
+        SentrySink() as sink,
+        Sidecar(tmp_path, config(database, free_port(), sink.dsn)) as sidecar,
+    ):
+        base = f"http://{sidecar.endpoints['health']}"
+        assert post(sidecar, "/v1/traces", trace_request().SerializeToString())[0] == 200
+        report = wait_checked(sidecar)
+        status, _ = get(f"{base}/health")
+        live, _ = get(f"{base}/health/live")
+        ready, _ = get(f"{base}/health/ready")
+        metrics = get(f"{base}/metrics")[1].decode()
+        cli = subprocess.run(
+            [sys.executable, "-m", "collector", "health", "--url", f"{base}/health"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert sidecar.stop() == 0
+
+    # The seed's format; a dead dependency makes it unhealthy with HTTP 503.
+    assert set(report) == {"status", "timestamp", "version", "components"}
+    assert report["status"] == "unhealthy" and status == 503
+    components = report["components"]
+    assert components["database"] == {
+        "status": "healthy",
+        "message": "Database connection successful",
+    }
+    assert components["sandbox_pool"]["status"] == "unhealthy"
+    assert components["otlp_grpc"]["status"] == "healthy"
+    assert components["otlp_http"]["message"].startswith("listening on 127.0.0.1:")
+    assert components["sentry"]["status"] == "healthy"
+    assert components["file"]["status"] == "healthy"
+    # No secret anywhere: not the database password, not the DSN's key.
+    body = json.dumps(report)
+    assert SECRET_PASSWORD not in body and "0123456789abcdef" not in body
+    # Probes: live and ready do not depend on the app's dependencies.
+    assert (live, ready) == (200, 200)
+    assert (
+        'otelsidecar_receiver_accepted_items_total{receiver="otlp_http",signal="traces"} 2.0'
+        in metrics
+    )
+    assert cli.returncode == 1 and json.loads(cli.stdout)["status"] == "unhealthy"
+
+
+def test_healthy_when_everything_is(tmp_path: Path, database: int) -> None:
+    with Sidecar(tmp_path, config(database, database, "")) as sidecar:
+        report = wait_checked(sidecar)
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "health",
+                "--url",
+                f"http://{sidecar.endpoints['health']}/health",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert sidecar.stop() == 0
+    assert report["status"] == "healthy"
+    assert report["components"]["sentry"]["status"] == "disabled"
+    assert cli.returncode == 0
+
+
+def test_health_cli_when_nothing_answers() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "health",
+            "--url",
+            f"http://127.0.0.1:{free_port()}/health",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "not answering" in result.stderr
+
+
+def test_tcp_check_needs_an_address() -> None:
+    from collector import config as config_module
+    from collector.settings import ConfigError
+
+    text = BASIC_CONFIG + "\nextensions:\n  health: {checks: {pool: {type: tcp}}}\n"
+    with pytest.raises(ConfigError, match=r"extensions\.health\.checks\.pool\.address"):
+        config_module.parse_yaml(text, {})
