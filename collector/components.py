@@ -20,6 +20,7 @@ from collector.processors.slow_spans import SlowSpans, SlowSpansSettings
 from collector.receivers.otlp import OtlpReceiver, OtlpReceiverSettings
 from collector.signals import Signal
 from exporters.file import FileExporter, FileSettings
+from exporters.otlp import OtlpHttpExporter, OtlpHttpSettings
 from exporters.sentry import SentryExporter, SentrySettings
 
 BOTH = frozenset(Signal)
@@ -45,6 +46,7 @@ PROCESSORS: dict[str, Kind] = {
 }
 EXPORTERS: dict[str, Kind] = {
     "file": Kind(FileSettings, FileExporter),
+    "otlp_http": Kind(OtlpHttpSettings, OtlpHttpExporter),
     "sentry": Kind(SentrySettings, SentryExporter),
 }
 EXTENSIONS: dict[str, Kind] = {

@@ -24,8 +24,8 @@ from sentry_sdk.envelope import Item
 from sentry_sdk.utils import Dsn
 
 from collector import __version__
-from collector.memory import HELD
 from collector.telemetry import DROPPED, EXPORTED, log
+from exporters.queue import SendingQueue
 from exporters.retry import QueueSettings, RetrySettings
 from exporters.sentry.envelope import Outgoing, category, client_report, quantity
 
@@ -33,11 +33,12 @@ DEFAULT_RATE_LIMIT_S = 60.0
 MAX_RATE_LIMIT_S = 86_400.0  # a server asking for longer gets a day, not forever
 CLIENT_REPORT_INTERVAL_S = 30.0
 _ALL = "*"  # a limit on every category
-# Client-report reasons (sentry-python's) -> the sidecar's drop reasons on /metrics.
-_METRIC_REASONS = {
-    "queue_overflow": "queue_full",
-    "ratelimit_backoff": "rate_limited",
-    "internal_sdk_error": "internal_error",
+# The sidecar's drop reasons (on /metrics) -> the client-report reasons sentry-python sends.
+_REPORT_REASONS = {
+    "queue_full": "queue_overflow",
+    "rate_limited": "ratelimit_backoff",
+    "shutdown": "network_error",
+    "internal_error": "internal_sdk_error",
 }
 
 
@@ -88,38 +89,29 @@ class SentryTransport:
         self.url = auth.get_api_url()  # .../api/<project>/envelope/
         self._auth_header = auth.to_header()
         self.where = f"project {parsed.project_id} at {parsed.host}"  # no key: safe to show
-        self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue.queue_size)
-        self._senders_wanted = queue.num_consumers
+        self._queue = SendingQueue(name, queue, self._deliver, _size, self._drop)
         self._retry = retry
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._limits: dict[str, float] = {}
         self._discarded: Counter[tuple[str, str]] = Counter()
         self._last_report = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
-        self._senders: list[asyncio.Task[None]] = []
         self.last_error: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
-        self._senders = [
-            asyncio.create_task(self._send_loop(), name=f"{self.name}-sender-{index}")
-            for index in range(self._senders_wanted)
-        ]
+        self._queue.start()
 
     async def shutdown(self) -> None:
         """Send what is queued (the pipeline bounds how long), then the last client report."""
         try:
-            await self._queue.join()
+            await self._queue.drain()
             if self._discarded:
                 await self._deliver(Outgoing({}, []))
         finally:
-            for sender in self._senders:
-                sender.cancel()
-            await asyncio.gather(*self._senders, return_exceptions=True)
-            while not self._queue.empty():
-                self._drop(self._queue.get_nowait(), "network_error")
+            await self._queue.stop()
             if self._session is not None:
                 await self._session.close()
 
@@ -128,36 +120,18 @@ class SentryTransport:
     def submit(self, outgoing: Outgoing) -> None:
         """Queue an envelope without waiting; what is rate-limited or does not fit is dropped."""
         self._remove_limited(outgoing)
-        if not outgoing.items:
-            return
-        try:
-            self._queue.put_nowait(outgoing)
-        except asyncio.QueueFull:
-            self._drop(outgoing, "queue_overflow")  # Sentry's name for queue_full
-            return
-        HELD.hold(outgoing.size)
+        if outgoing.items:
+            self._queue.submit(outgoing)
 
     def report_if_due(self) -> None:
         """Send pending client reports on their own when no envelope has carried them."""
         due = time.monotonic() - self._last_report >= CLIENT_REPORT_INTERVAL_S
         if self._discarded and due and self._queue.empty() and not self.is_limited("internal"):
-            self._queue.put_nowait(Outgoing({}, []))  # empty queue: it fits
+            self._queue.submit(Outgoing({}, []))
 
     def is_limited(self, name: str) -> bool:
         now = time.monotonic()
         return self._limits.get(name, 0.0) > now or self._limits.get(_ALL, 0.0) > now
-
-    async def _send_loop(self) -> None:
-        while True:
-            outgoing = await self._queue.get()
-            try:
-                await self._deliver(outgoing)
-            except Exception as error:  # a bug must not kill the sender
-                log.error("sentry_send_failed", exporter=self.name, error=type(error).__name__)
-                self._drop(outgoing, "internal_sdk_error")
-            finally:
-                HELD.release(outgoing.size)
-                self._queue.task_done()
 
     # --- one envelope ------------------------------------------------------------------------
 
@@ -222,7 +196,7 @@ class SentryTransport:
         for item in outgoing.items:
             name = category(item)
             if self.is_limited(name):
-                self._record(name, "ratelimit_backoff", quantity(item))
+                self._record(name, "rate_limited", quantity(item))
             else:
                 kept.append(item)
         outgoing.items = kept
@@ -232,8 +206,9 @@ class SentryTransport:
             self._record(category(item), reason, quantity(item))
 
     def _record(self, name: str, reason: str, count: int) -> None:
-        self._discarded[reason, name] += count  # Sentry's reason names, for client reports
-        DROPPED.labels(self.name, name, _METRIC_REASONS.get(reason, reason)).inc(count)
+        """Count a drop on /metrics, and for the next client report under Sentry's name."""
+        self._discarded[_REPORT_REASONS.get(reason, reason), name] += count
+        DROPPED.labels(self.name, name, reason).inc(count)
 
     def _count(self, outgoing: Outgoing, reason: str) -> None:
         for name, count in outgoing.categories().items():
@@ -251,3 +226,7 @@ class SentryTransport:
         reported, self._discarded = self._discarded, Counter()
         self._last_report = time.monotonic()
         return [client_report(reported)], reported
+
+
+def _size(outgoing: Outgoing) -> int:
+    return outgoing.size

@@ -1,0 +1,155 @@
+"""The otlp_http exporter: the SDK sends to a sidecar that forwards, sampled and scrubbed, to a
+real OTLP/HTTP backend parsing with the official protobufs; retries, drops and headers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+
+from collector.settings import ConfigError, Duration
+from collector.signals import Signal, item_count
+from exporters.otlp import OtlpHttpExporter, OtlpHttpSettings
+from exporters.retry import RetrySettings
+from tests.otlp_sink import OtlpSink
+from tests.sidecar import Sidecar
+from tests.test_receivers import trace_request
+
+API_KEY = "key-9f8e7d6c5b4a"
+CONFIG = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "127.0.0.1:0"}
+processors:
+  scrubber: {}
+  batch: {timeout: 20ms}
+exporters:
+  otlp_http:
+    endpoint: "ENDPOINT"
+    headers: {x-api-key: "API_KEY", x-tenant: acme}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [scrubber, batch], exporters: [otlp_http]}
+"""
+
+
+@pytest.fixture
+def sink() -> Iterator[OtlpSink]:
+    with OtlpSink() as running:
+        yield running
+
+
+def test_forwards_scrubbed_protobuf_with_headers(sink: OtlpSink, tmp_path: Path) -> None:
+    config = CONFIG.replace("ENDPOINT", sink.endpoint).replace("API_KEY", API_KEY)
+    with Sidecar(tmp_path, config) as sidecar:
+        provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+        provider.add_span_processor(
+            SimpleSpanProcessor(
+                OTLPSpanExporter(endpoint=sidecar.endpoints["otlp_grpc"], insecure=True)
+            )
+        )
+        with provider.get_tracer("t").start_as_current_span(
+            "GET /",
+            kind=SpanKind.SERVER,
+            attributes={"http.request.header.cookie": ["session=abc"], "http.route": "/"},
+        ) as span:
+            pass
+        provider.shutdown()
+        sink.wait_for(lambda: sink.accepted(Signal.TRACES))
+        assert sidecar.stop() == 0
+    (batch,) = sink.accepted(Signal.TRACES)
+    (received,) = batch.resource_spans[0].scope_spans[0].spans
+    assert received.span_id == span.get_span_context().span_id.to_bytes(8, "big")
+    assert {kv.key for kv in received.attributes} == {"http.route"}  # cookie removed
+    _, headers, _, _ = sink.requests[0]
+    assert headers["x-api-key"] == API_KEY and headers["x-tenant"] == "acme"
+    assert headers["Content-Encoding"] == "gzip"
+    assert API_KEY not in str(sidecar.events) + sidecar.stderr
+
+
+def run(sink: OtlpSink, *batches: Any, **overrides: Any) -> None:
+    settings = OtlpHttpSettings(
+        **{
+            "endpoint": sink.endpoint,
+            "retry_on_failure": RetrySettings(
+                initial_interval=Duration(0.05),
+                max_interval=Duration(0.1),
+                max_elapsed_time=Duration(0.5),
+            ),
+            **overrides,
+        }
+    )
+
+    async def main() -> None:
+        exporter = OtlpHttpExporter("otlp_http", settings)
+        await exporter.start()
+        for batch in batches:
+            await exporter.consume(batch)
+        await exporter.shutdown()
+
+    asyncio.run(main())
+
+
+def test_retryable_answers_are_retried_after_retry_after(sink: OtlpSink) -> None:
+    sink.answer(503, Retry_After="0")
+    sink.answer(429)
+    run(sink, trace_request(spans=3))
+    assert [status for *_, status in sink.requests] == [503, 429, 200]
+    assert item_count(sink.accepted(Signal.TRACES)[0]) == 3
+
+
+def test_permanent_errors_are_dropped_not_retried(sink: OtlpSink) -> None:
+    sink.answer(400)
+    run(sink, trace_request())
+    assert [status for *_, status in sink.requests] == [400]
+
+
+def test_dead_backend_gives_up_after_max_elapsed_time(sink: OtlpSink) -> None:
+    sink.answer(500, times=100)
+    run(sink, trace_request())
+    assert 2 <= len(sink.requests) < 20
+
+
+def test_uncompressed_when_asked(sink: OtlpSink) -> None:
+    run(sink, trace_request(), compression="none")
+    assert "Content-Encoding" not in sink.requests[0][1]
+
+
+@pytest.mark.parametrize("endpoint", ["", "otlp.example:4318", "ftp://x", "http://[::1"])
+def test_endpoint_must_be_an_http_url(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"exporters\.otlp_http\.endpoint"):
+        OtlpHttpSettings(endpoint=endpoint).check("exporters.otlp_http")
+
+
+def test_status_never_shows_credentials() -> None:
+    exporter = OtlpHttpExporter(
+        "otlp_http",
+        OtlpHttpSettings(
+            endpoint="https://user:pw@otlp.example:4318", headers={"authorization": "Bearer x"}
+        ),
+    )
+    assert exporter.status() == ("healthy", "sending to https://otlp.example:4318")
+    assert "pw" not in repr(exporter._settings) and "Bearer" not in repr(exporter._settings)
+
+
+def test_random_payloads_round_trip(sink: OtlpSink) -> None:
+    batches = [trace_request(spans=n) for n in (1, 5, 50)]
+    run(sink, *batches)
+    ids = {
+        s.span_id
+        for b in sink.accepted(Signal.TRACES)
+        for rs in b.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    }
+    assert ids == {s.span_id for b in batches for s in b.resource_spans[0].scope_spans[0].spans}
+    assert len(ids) == 56
