@@ -28,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import __version__
+from collector.http import listen
 from collector.settings import ConfigError, Duration, Endpoint, setting
 from collector.telemetry import REGISTRY, log
 
@@ -84,17 +85,7 @@ class HealthServer:
         app.router.add_get("/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/", self._health)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        endpoint = self.settings.endpoint
-        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_port=False)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise OSError(f"health: cannot listen on {endpoint}: {error.strerror}") from None
-        self.address = f"{endpoint.host}:{runner.addresses[0][1]}"
-        self._runner = runner
+        self._runner, self.address = await listen(app, self.settings.endpoint, self.name)
         self._probes = [
             asyncio.create_task(self._probe_loop(name, probe), name=f"health-check-{name}")
             for name, probe in self.settings.checks.items()

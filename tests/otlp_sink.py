@@ -3,9 +3,7 @@ gets with the official protobufs and answers what the test scripts."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -14,10 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from collector.signals import Batch, Signal
+from tests.http_server import Handler, ThreadedServer
 
 
 @dataclass
-class OtlpSink:
+class OtlpSink(ThreadedServer):
     answers: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
     requests: list[tuple[str, dict[str, str], Batch | None, int]] = field(default_factory=list)
     port: int = 0
@@ -40,34 +39,8 @@ class OtlpSink:
             assert time.monotonic() < deadline, f"timed out; {len(self.requests)} requests"
             time.sleep(0.05)
 
-    def __enter__(self) -> OtlpSink:
-        started = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True)
-        self._thread.start()
-        started.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _serve(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main(started))
-
-    async def _main(self, started: threading.Event) -> None:
-        self._stop = asyncio.Event()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/traces", self._handle)
-        app.router.add_post("/v1/logs", self._handle)
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
-        started.set()
-        await self._stop.wait()
-        await runner.cleanup()
+    def routes(self) -> dict[str, Handler]:
+        return {"/v1/traces": self._handle, "/v1/logs": self._handle}
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

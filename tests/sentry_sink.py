@@ -5,10 +5,8 @@ envelopes with ``sentry_sdk.envelope.Envelope``, answers what the test scripts (
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +15,8 @@ from typing import Any
 import sentry_relay
 from aiohttp import web
 from sentry_sdk.envelope import Envelope, Item
+
+from tests.http_server import Handler, ThreadedServer
 
 PUBLIC_KEY = "0123456789abcdef0123456789abcdef"
 # Sentry's default data scrubbing ("Data Scrubber" and "Use Default Scrubbers" on).
@@ -49,7 +49,7 @@ class Received:
 
 
 @dataclass
-class SentrySink:
+class SentrySink(ThreadedServer):
     """Run with ``with SentrySink() as sink:``; ``sink.dsn`` points a sidecar at it."""
 
     answers: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
@@ -100,35 +100,8 @@ class SentrySink:
 
     # --- the server --------------------------------------------------------------------------
 
-    def __enter__(self) -> SentrySink:
-        started = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True)
-        self._thread.start()
-        started.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _serve(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main(started))
-
-    async def _main(self, started: threading.Event) -> None:
-        self._stop = asyncio.Event()
-        app = web.Application(client_max_size=50 * 1024 * 1024)
-        app.router.add_post(f"/api/{PROJECT}/envelope/", self._envelope)
-        # Raw bodies: the test checks that they really are gzip.
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        started.set()
-        await self._stop.wait()
-        await runner.cleanup()
+    def routes(self) -> dict[str, Handler]:
+        return {f"/api/{PROJECT}/envelope/": self._envelope}
 
     async def _envelope(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -18,6 +18,7 @@ from google.rpc.status_pb2 import Status
 
 from collector import otlp_json
 from collector.component import Refused
+from collector.http import listen
 from collector.receivers.otlp import MIB, HttpSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
@@ -47,20 +48,9 @@ class OtlpHttpServer:
             if self.intake.serves(signal):
                 app.router.add_post(path, self._handler(signal))
         # auto_decompress off: aiohttp would inflate gzip without our output bound.
-        runner = web.AppRunner(app, auto_decompress=False, access_log=None, handle_signals=False)
-        await runner.setup()
-        endpoint = self.settings.endpoint
-        site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_port=False)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise OSError(
-                f"{self.intake.transport}: cannot listen on {endpoint}: {error.strerror}"
-            ) from None
-        port = runner.addresses[0][1]
-        self.address = f"{endpoint.host}:{port}"
-        self._runner = runner
+        self._runner, self.address = await listen(
+            app, self.settings.endpoint, self.intake.transport, auto_decompress=False
+        )
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop listening at once; requests in flight get ``grace_s`` to finish."""
