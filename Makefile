@@ -26,6 +26,7 @@ run: $(READY)  ## the sidecar in the foreground: make run [CONFIG=otel-config.ya
 bench: $(READY)  ## throughput against a bare gRPC ceiling; figures go in bench/RESULTS.md
 	$(BIN)/python bench/throughput.py --pipeline basic
 	$(BIN)/python bench/throughput.py --pipeline reference
+	$(BIN)/python bench/throughput.py --pipeline forward
 	$(BIN)/python bench/processors.py
 
 format: $(READY)

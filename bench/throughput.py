@@ -7,9 +7,11 @@ Usage: ``.venv/bin/python bench/throughput.py [--seconds N] [--connections C]
 are encoded once; a load generator in its own process keeps C Export calls in flight for N
 seconds, sending them in turn. It runs twice:
 
-* ``sidecar``: ``python -m collector run`` with an ``otlp`` (gRPC) receiver, a ``file``
-  exporter and either the ``batch`` processor alone (``basic``) or the reference trace
-  processors memory_limiter, slow_spans, sampler (``--rate``, 0.1), scrubber, batch.
+* ``sidecar``: ``python -m collector run`` with an ``otlp`` (gRPC) receiver and either the
+  ``batch`` processor alone writing to the ``file`` exporter (``basic``), or the reference
+  trace processors memory_limiter, slow_spans, sampler (``--rate``, 0.1), scrubber, batch
+  writing to the file (``reference``) or forwarding protobuf with ``otlp_http`` to a bare
+  OTLP/HTTP sink in its own process (``forward``).
 * ``ceiling``: a bare ``grpc.aio`` server whose handler only parses the request and drops it,
   the most a Python grpc.aio receiver could accept on this machine.
 
@@ -62,11 +64,14 @@ SPAWN = multiprocessing.get_context("spawn")
 MS = 1_000_000  # nanoseconds
 PAYLOADS = 64  # distinct pre-encoded requests, sent in turn
 
-PIPELINES = {
+REFERENCE = "[memory_limiter, slow_spans, sampler, scrubber, batch]"
+PIPELINES = {  # name: (processors, exporters)
     # Receive, batch, write: the cost of the core path and the file exporter.
-    "basic": "[batch]",
+    "basic": ("[batch]", "[file]"),
     # The reference config's trace pipeline, sampling at the seed's recommended 10 %.
-    "reference": "[memory_limiter, slow_spans, sampler, scrubber, batch]",
+    "reference": (REFERENCE, "[file]"),
+    # The same, forwarding protobuf to an OTLP/HTTP backend (a sink in its own process).
+    "forward": (REFERENCE, "[otlp_http]"),
 }
 CONFIG = """\
 receivers:
@@ -81,9 +86,10 @@ processors:
   batch: {{timeout: 200ms, send_batch_size: 512}}
 exporters:
   file: {{path: "{{path}}"}}
+  otlp_http: {{endpoint: "{{otlp}}"}}
 service:
   pipelines:
-    traces: {{receivers: [otlp], processors: {processors}, exporters: [file]}}
+    traces: {{receivers: [otlp], processors: {processors}, exporters: {exporters}}}
 """
 
 
@@ -427,7 +433,12 @@ def _problems(lines: list[str]) -> list[str]:
 
 
 def run_sidecar(
-    payloads: list[bytes], seconds: float, calls: int, workdir: Path, config_text: str
+    payloads: list[bytes],
+    seconds: float,
+    calls: int,
+    workdir: Path,
+    config_text: str,
+    sink: OtlpSink | None,
 ) -> tuple[Measurement, SidecarReport]:
     output = workdir / "bench.jsonl"
     config = workdir / "config.yaml"
@@ -445,7 +456,10 @@ def run_sidecar(
     try:
         target = wait_for_start(stdout, STARTUP_TIMEOUT_S)
         result = measure(process.pid, target, payloads, seconds, calls)
-        wait_until_stable(output)
+        if sink is None:
+            wait_until_stable(output)
+        else:
+            wait_until_steady(sink.spans)
         process.send_signal(signal.SIGTERM)
         report.exit_code = process.wait(30)
     finally:
@@ -458,8 +472,76 @@ def run_sidecar(
         report.log_problems = _problems(stdout.lines)
         if report.exit_code is None:
             _dump(report, stdout.lines)
-    result.spans_written = count_spans(output)
+    result.spans_written = count_spans(output) if sink is None else sink.spans()
     return result, report
+
+
+def wait_until_steady(count: Callable[[], int], quiet_s: float = 1.0, limit_s: float = 60) -> None:
+    """Until the sink has seen no new span for ``quiet_s`` (the sidecar has flushed)."""
+    deadline, last, since = time.monotonic() + limit_s, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_count = count()
+        if now_count != last:
+            last, since = now_count, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
+# --- the OTLP/HTTP backend for "forward" (own process) ----------------------------------------
+
+
+class OtlpSink:
+    """A bare aiohttp server in its own process that parses each request and counts spans."""
+
+    def __enter__(self) -> OtlpSink:
+        self._conn, child = SPAWN.Pipe()
+        self._process = SPAWN.Process(target=_sink_main, args=(child,), name="bench-sink")
+        self._process.start()
+        self.endpoint = _expect(self._conn, None, STARTUP_TIMEOUT_S, "the OTLP sink did not start")
+        return self
+
+    def spans(self) -> int:
+        self._conn.send("count")
+        return int(_expect(self._conn, None, 10, "the OTLP sink did not answer"))
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _sink_main(conn: Connection) -> None:
+    asyncio.run(_serve_sink(conn))
+
+
+async def _serve_sink(conn: Connection) -> None:
+    import gzip
+
+    from aiohttp import web
+
+    spans = [0]
+    ok = ExportTraceServiceResponse().SerializeToString()
+
+    async def traces(request: web.Request) -> web.Response:
+        body = gzip.decompress(await request.read())
+        batch = ExportTraceServiceRequest.FromString(body)
+        spans[0] += sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+        return web.Response(body=ok, content_type="application/x-protobuf")
+
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    conn.send(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    while True:
+        message = await asyncio.to_thread(conn.recv)
+        if message == "stop":
+            break
+        conn.send(spans[0])
+    await runner.cleanup()
 
 
 def _dump(report: SidecarReport, stdout: list[str]) -> None:
@@ -603,9 +685,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     payloads = [build_request(seed).SerializeToString() for seed in range(PAYLOADS)]
-    config = CONFIG.format(processors=PIPELINES[args.pipeline], rate=args.rate)
-    with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp:
-        sidecar = run_sidecar(payloads, args.seconds, args.connections, Path(tmp), config)
+    processors, exporters = PIPELINES[args.pipeline]
+    config = CONFIG.format(processors=processors, exporters=exporters, rate=args.rate)
+    with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp, OtlpSink() as sink:
+        config = config.replace("{otlp}", sink.endpoint)
+        counted = sink if args.pipeline == "forward" else None
+        sidecar = run_sidecar(payloads, args.seconds, args.connections, Path(tmp), config, counted)
     ceiling = run_ceiling(payloads, args.seconds, args.connections)
     data = results(args, payloads, sidecar, ceiling)
     if args.json:
