@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 
@@ -77,15 +79,21 @@ def _health(args: argparse.Namespace) -> int:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as error:  # 503: unhealthy, with the report in the body
         status, body = error.code, error.read()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        print(f"{args.url}: not answering ({reason})", file=sys.stderr)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or type(error).__name__
+        print(f"{_without_credentials(args.url)}: not answering ({reason})", file=sys.stderr)
         return 1
     try:
         print(json.dumps(json.loads(body), indent=2, ensure_ascii=False))
     except ValueError:
         print(body.decode(errors="replace"))
     return 0 if status == 200 else 1
+
+
+def _without_credentials(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 def _load(path: str | None) -> config_module.Config:

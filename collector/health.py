@@ -15,7 +15,10 @@ backend did. No message ever carries a URL, DSN or header value.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import __version__
@@ -54,8 +58,8 @@ class HealthSettings:
     def check(self, path: str) -> None:
         for name, probe in self.checks.items():
             where = f"{path}.checks.{name}"
-            if probe.type == "tcp" and not probe.address:
-                raise ConfigError(f"{where}.address: required for a tcp check (host:port)")
+            if probe.type == "tcp" and _target(probe) is None:
+                raise ConfigError(f"{where}.address: a tcp check needs host:port")
             if probe.type in ("database", "http") and probe.url and _target(probe) is None:
                 raise ConfigError(f"{where}.url: not a URL with a host")
 
@@ -127,10 +131,11 @@ class HealthServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _probe_loop(self, name: str, probe: CheckSettings) -> None:
+        lookup = _Lookup()  # one name lookup in flight per check, however slow DNS is
         while True:
             started = time.monotonic()
             try:
-                self._checks[name] = await asyncio.wait_for(_probe(probe), probe.timeout)
+                self._checks[name] = await asyncio.wait_for(_probe(probe, lookup), probe.timeout)
             except TimeoutError:
                 self._checks[name] = _result(UNHEALTHY, f"no answer within {probe.timeout:g} s")
             except Exception as error:  # a probe must not die; say what kind of failure
@@ -139,20 +144,83 @@ class HealthServer:
             await asyncio.sleep(max(0.0, probe.interval - (time.monotonic() - started)))
 
 
-async def _probe(probe: CheckSettings) -> dict[str, str]:
+class _Lookup:
+    """DNS on a daemon thread of its own, at most one at a time: a hung lookup can neither hold
+    the loop's thread pool (which exporters' lookups share) nor delay the process's exit."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[list[tuple[int, str, int]]] | None = None
+
+    async def __call__(self, host: str, port: int) -> list[tuple[int, str, int]]:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return [(socket.AF_INET6 if address.version == 6 else socket.AF_INET, host, port)]
+        if self._pending is not None and not self._pending.done():
+            raise OSError(0, "name lookup still pending")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[tuple[int, str, int]]] = loop.create_future()
+        self._pending = future
+
+        def resolve() -> None:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                found = [(family, addr[0], addr[1]) for family, _, _, _, addr in infos]
+                loop.call_soon_threadsafe(_settle, future, found, None)
+            except OSError as error:
+                loop.call_soon_threadsafe(_settle, future, None, error)
+
+        threading.Thread(target=resolve, name="health-dns", daemon=True).start()
+        return await asyncio.shield(future)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
+
+
+class _Resolver(AbstractResolver):
+    """aiohttp's resolver, through :class:`_Lookup`."""
+
+    def __init__(self, lookup: _Lookup) -> None:
+        self._lookup = lookup
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
+        return [
+            {"hostname": host, "host": ip, "port": found_port, "family": found_family,
+             "proto": 0, "flags": socket.AI_NUMERICHOST}
+            for found_family, ip, found_port in await self._lookup(host, port)
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        pass
+
+
+async def _probe(probe: CheckSettings, lookup: _Lookup) -> dict[str, str]:
     if probe.type in ("database", "http") and not probe.url:
         return _result("disabled", "no URL configured")
     if probe.type == "http":
         timeout = aiohttp.ClientTimeout(total=float(probe.timeout))
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(probe.url, allow_redirects=False) as response,
-        ):
-            ok = response.status < 400
-            return _result(HEALTHY if ok else UNHEALTHY, f"HTTP {response.status}")
+        connector = aiohttp.TCPConnector(resolver=_Resolver(lookup))
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
+                session.get(probe.url, allow_redirects=False) as response,
+            ):
+                ok = response.status < 400
+                return _result(HEALTHY if ok else UNHEALTHY, f"HTTP {response.status}")
+        except aiohttp.ClientError as error:
+            return _result(UNHEALTHY, f"Request failed: {type(error).__name__}")
     host, port = _target(probe) or ("", 0)
     try:
-        _, writer = await asyncio.open_connection(host, port)
+        _, ip, port = (await lookup(host, port))[0]
+        _, writer = await asyncio.open_connection(ip, port)
     except OSError as error:
         what = "Database connection" if probe.type == "database" else "Connection"
         return _result(UNHEALTHY, f"{what} failed: {error.strerror or type(error).__name__}")
@@ -166,7 +234,9 @@ def _target(probe: CheckSettings) -> tuple[str, int] | None:
     """Where a tcp or database check connects (a database is checked by reaching its port)."""
     if probe.type == "tcp":
         host, _, port = probe.address.rpartition(":")
-        return (host, int(port)) if host and port.isdigit() else None
+        host = host.strip("[]")  # [::1]:7000
+        valid = host and port.isdigit() and 0 < int(port) < 65536
+        return (host, int(port)) if valid else None
     try:
         parts = urlsplit(probe.url)
         scheme = parts.scheme.split("+")[0]

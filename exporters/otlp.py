@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 from dataclasses import dataclass
 from itertools import chain
 from urllib.parse import urlsplit
 
 import aiohttp
+from google.protobuf.message import DecodeError
 
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal, item_count, signal_of
@@ -42,11 +44,15 @@ class OtlpHttpSettings:
         try:
             parts = urlsplit(self.endpoint)
             valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            valid = valid and (parts.port is None or parts.port > 0)  # reading it validates it
         except ValueError:
             valid = False
         if not valid:
             raise ConfigError(f"{path}.endpoint: expected an http(s) URL such as "
                               "https://otlp.example:4318")  # fmt: skip
+        for name, value in self.headers.items():
+            if any(ch in name + value for ch in "\r\n\0"):
+                raise ConfigError(f"{path}.headers.{name}: must not contain line breaks")
 
 
 @dataclass(frozen=True)
@@ -98,12 +104,17 @@ class OtlpHttpExporter:
         self._queue.submit(_Payload(signal_of(batch), body, item_count(batch)))
 
     async def _deliver(self, payload: _Payload) -> None:
+        retry = self._settings.retry_on_failure
+        budget_ends = time.monotonic() + retry.max_elapsed_time
         wait_next = 0.0
-        for delay in chain([0.0], self._settings.retry_on_failure.delays()):
-            await asyncio.sleep(max(delay, wait_next))
-            status, retry_after = await self._post(payload)
+        for delay in chain([0.0], retry.delays()):
+            wait = max(delay, wait_next)
+            if wait and time.monotonic() + wait > budget_ends:
+                break  # a server's Retry-After counts against max_elapsed_time too
+            await asyncio.sleep(wait)
+            status, retry_after, body = await self._post(payload)
             if status is not None and 200 <= status < 300:
-                EXPORTED.labels(self.name, payload.signal.value).inc(payload.items)
+                self._delivered(payload, body)
                 return
             if status is not None and status not in _RETRYABLE and status < 500:
                 log.warning("otlp_rejected", exporter=self.name, status=status)
@@ -112,19 +123,35 @@ class OtlpHttpExporter:
             wait_next = retry_after
         self._drop(payload, "network_error")
 
-    async def _post(self, payload: _Payload) -> tuple[int | None, float]:
-        """(HTTP status or None on a network error, Retry-After seconds or 0)."""
+    def _delivered(self, payload: _Payload, body: bytes) -> None:
+        """Count what arrived; a partial_success's rejected items are drops, as OTLP says."""
+        try:
+            partial = payload.signal.response_type.FromString(body).partial_success
+            rejected = getattr(partial, f"rejected_{payload.signal.items}", 0)
+        except DecodeError:
+            rejected = 0
+        rejected = min(max(0, rejected), payload.items)
+        EXPORTED.labels(self.name, payload.signal.value).inc(payload.items - rejected)
+        if rejected:
+            DROPPED.labels(self.name, payload.signal.value, "rejected").inc(rejected)
+            log.warning("otlp_partial_success", exporter=self.name, rejected=rejected)
+
+    async def _post(self, payload: _Payload) -> tuple[int | None, float, bytes]:
+        """(HTTP status or None on a network error, Retry-After seconds or 0, the body)."""
         assert self._session is not None
         try:
             async with self._session.post(
-                self._urls[payload.signal], data=payload.body, headers=self._headers
+                self._urls[payload.signal],
+                data=payload.body,
+                headers=self._headers,
+                allow_redirects=False,  # a redirected POST would arrive as a bodiless GET
             ) as response:
-                await response.read()
-                self.last_error = None if response.status < 400 else f"HTTP {response.status}"
-                return response.status, _retry_after(response.headers.get("Retry-After"))
+                body = await response.read()
+                self.last_error = None if response.status < 300 else f"HTTP {response.status}"
+                return response.status, _retry_after(response.headers.get("Retry-After")), body
         except (aiohttp.ClientError, TimeoutError) as error:
             self.last_error = type(error).__name__  # the type only: no URL, no header
-            return None, 0.0
+            return None, 0.0, b""
 
     def _drop(self, payload: _Payload, reason: str) -> None:
         DROPPED.labels(self.name, payload.signal.value, reason).inc(payload.items)

@@ -72,6 +72,9 @@ class SendingQueue(Generic[T]):
             item = await self._queue.get()
             try:
                 await self._deliver(item)
+            except asyncio.CancelledError:  # stopped mid-send: it did not arrive
+                self._on_drop(item, "shutdown")
+                raise
             except Exception as error:  # a bug must not kill the worker
                 log.error("export_failed", exporter=self.name, error=type(error).__name__)
                 self._on_drop(item, "internal_error")

@@ -20,6 +20,7 @@ class OtlpSink(ThreadedServer):
     answers: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
     requests: list[tuple[str, dict[str, str], Batch | None, int]] = field(default_factory=list)
     port: int = 0
+    reply_body: bytes | None = None  # what a 200 answers; default: an empty partial_success
 
     @property
     def endpoint(self) -> str:
@@ -50,7 +51,8 @@ class OtlpSink(ThreadedServer):
         batch = signal.request_type.FromString(body)
         status, headers = self.answers.popleft() if self.answers else (200, {})
         self.requests.append((request.path, dict(request.headers), batch, status))
-        answer = signal.success_response().SerializeToString() if status == 200 else b""
+        success = self.reply_body or signal.success_response().SerializeToString()
+        answer = success if status == 200 else b""
         return web.Response(
             status=status, headers=headers, body=answer, content_type="application/x-protobuf"
         )

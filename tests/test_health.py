@@ -170,5 +170,20 @@ def test_tcp_check_needs_an_address() -> None:
     from collector.settings import ConfigError
 
     text = BASIC_CONFIG + "\nextensions:\n  health: {checks: {pool: {type: tcp}}}\n"
-    with pytest.raises(ConfigError, match=r"extensions\.health\.checks\.pool\.address"):
+    with pytest.raises(
+        ConfigError, match=r"extensions\.health\.checks\.pool\.address: a tcp check needs host:port"
+    ):
         config_module.parse_yaml(text, {})
+
+
+def test_health_cli_never_prints_url_credentials() -> None:
+    url = f"http://admin:s3cret-pw@127.0.0.1:{free_port()}/health"
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", "health", "--url", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "s3cret-pw" not in result.stderr + result.stdout

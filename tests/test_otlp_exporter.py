@@ -153,3 +153,56 @@ def test_random_payloads_round_trip(sink: OtlpSink) -> None:
     }
     assert ids == {s.span_id for b in batches for s in b.resource_spans[0].scope_spans[0].spans}
     assert len(ids) == 56
+
+
+def sent_and_dropped(reason: str) -> tuple[float, float]:
+    from collector.telemetry import REGISTRY
+
+    sent = (
+        REGISTRY.get_sample_value(
+            "otelsidecar_exporter_sent_items_total", {"exporter": "otlp_http", "signal": "traces"}
+        )
+        or 0.0
+    )
+    dropped = (
+        REGISTRY.get_sample_value(
+            "otelsidecar_dropped_items_total",
+            {"component": "otlp_http", "signal": "traces", "reason": reason},
+        )
+        or 0.0
+    )
+    return sent, dropped
+
+
+def test_partial_success_rejections_are_counted_as_drops(sink: OtlpSink) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
+
+    sink.reply_body = ExportTraceServiceResponse(
+        partial_success={"rejected_spans": 4, "error_message": "too old"}
+    ).SerializeToString()
+    sent_before, rejected_before = sent_and_dropped("rejected")
+    run(sink, trace_request(spans=5))
+    sent_after, rejected_after = sent_and_dropped("rejected")
+    assert (sent_after - sent_before, rejected_after - rejected_before) == (1, 4)
+
+
+def test_redirects_are_not_followed(sink: OtlpSink) -> None:
+    sink.answer(301, Location="http://127.0.0.1:1/elsewhere")
+    _, before = sent_and_dropped("send_error")
+    run(sink, trace_request(spans=2))
+    assert [status for *_, status in sink.requests] == [301]
+    assert sent_and_dropped("send_error")[1] - before == 2
+
+
+def test_retry_after_counts_against_max_elapsed_time(sink: OtlpSink) -> None:
+    sink.answer(503, times=10, Retry_After="5")
+    run(sink, trace_request())  # max_elapsed_time 0.5 s: a 5 s wait is never started
+    assert len(sink.requests) == 1
+
+
+def test_header_values_with_line_breaks_are_refused() -> None:
+    settings = OtlpHttpSettings(endpoint="https://otlp.example", headers={"x-key": "a\r\nb: c"})
+    with pytest.raises(ConfigError, match=r"exporters\.otlp_http\.headers\.x-key: must not"):
+        settings.check("exporters.otlp_http")

@@ -165,7 +165,10 @@ class SentryTransport:
             "Content-Encoding": "gzip",
         }
         try:
-            async with self._session.post(self.url, data=body, headers=headers) as response:
+            # No redirects: a redirected POST would arrive as a bodiless GET.
+            async with self._session.post(
+                self.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
                 await response.read()
                 self._update_limits(response.status, response.headers)
                 self.last_error = None if response.status < 400 else f"HTTP {response.status}"
