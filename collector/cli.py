@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from collector import __version__
 from collector import config as config_module
+from collector.pipeline import Service
 from collector.settings import ConfigError
 from collector.telemetry import configure_logging, log
 
@@ -114,8 +115,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: config_module.Config) -> int:
-    from collector.pipeline import Service  # grpc and aiohttp load only when running
-
     service = Service(config)
     try:
         await service.start()

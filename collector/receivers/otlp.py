@@ -89,7 +89,7 @@ class OtlpReceiver:
     def __init__(
         self, name: str, settings: OtlpReceiverSettings, consumers: Mapping[Signal, Consumer]
     ) -> None:
-        # Imported here so `otel-sidecar validate` does not pay for grpc and aiohttp.
+        # Imported here so `otel-sidecar validate` does not load grpc.
         from collector.receivers.otlp_grpc import OtlpGrpcServer
         from collector.receivers.otlp_http import OtlpHttpServer
 
