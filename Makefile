@@ -1,37 +1,57 @@
 # Every target makes its own .venv first (Python 3.11), so a fresh clone needs only `make`.
+# `demo` installs what runs (the sidecar, the zero-code side, the example backend); `test` adds
+# the test peers.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-READY := $(VENV)/.ready
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+SOURCES := -e ./instrumentation -e
+RUNTIME := $(VENV)/.runtime
+DEV := $(VENV)/.dev
+BUGSINK := $(VENV)/.bugsink
 
-.PHONY: demo test run bench lint format clean
+.PHONY: demo demo-sentry test run bench lint format clean
 
-$(READY): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PIP) --upgrade pip
+
+$(RUNTIME): pyproject.toml instrumentation/pyproject.toml | $(BIN)/python
+	$(PIP) $(SOURCES) '.[instrument,example]'
 	touch $@
 
-demo: $(READY)  ## the sidecar with realistic traffic for ~20 s, written to ./sidecar-out/
-	$(BIN)/python examples/demo.py
+$(BUGSINK): $(RUNTIME)
+	$(PIP) $(SOURCES) '.[instrument,example,bugsink]'
+	touch $@
 
-test: $(READY)  ## lint, then the whole test suite
+$(DEV): $(RUNTIME)
+	$(PIP) $(SOURCES) '.[instrument,example,dev]'
+	touch $@
+
+demo: $(RUNTIME)  ## the example backend, zero-code instrumented, and the sidecar, for ~30 s
+	$(BIN)/python -m examples.demo
+
+demo-sentry: $(BUGSINK)  ## the same, sending to a local Bugsink you can browse
+	$(BIN)/python -m examples.demo --bugsink
+
+test: $(DEV)  ## lint, then the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-run: $(READY)  ## the sidecar in the foreground: make run [CONFIG=otel-config.yaml]
+run: $(RUNTIME)  ## the sidecar in the foreground: make run [CONFIG=otel-config.yaml]
 	$(BIN)/otel-sidecar run $(if $(CONFIG),--config $(CONFIG))
 
-bench: $(READY)  ## throughput against a bare gRPC ceiling; figures go in bench/RESULTS.md
+bench: $(DEV)  ## throughput against a bare gRPC ceiling; figures go in bench/RESULTS.md
 	$(BIN)/python bench/throughput.py --pipeline basic
 	$(BIN)/python bench/throughput.py --pipeline reference
 	$(BIN)/python bench/throughput.py --pipeline forward
 	$(BIN)/python bench/processors.py
+	$(BIN)/python bench/app_overhead.py
 
-format: $(READY)
+format: $(DEV)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) sidecar-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache

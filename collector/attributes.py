@@ -7,6 +7,12 @@ from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+# On an ``exception`` span event or an exception log record, from the zero-code side
+# (otel-sidecar-instrumentation): JSON, the exception chain oldest first, each
+# ``{"type", "module", "value", "source", "frames": [...]}`` with Sentry's frame fields
+# (filename, abs_path, module, function, lineno, in_app, pre/post_context, context_line, vars).
+EXCEPTION_CHAIN = "otel_sidecar.exception.chain"
+
 
 def plain(value: AnyValue) -> Any:
     """The Python value of an AnyValue (lists and dicts for array and kvlist)."""

@@ -5,10 +5,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.bugsink import bugsink_server
+from examples.bugsink import Bugsink
 from tests.sidecar import BASIC_CONFIG, Sidecar
 
-__all__ = ["bugsink_server"]  # the session's Bugsink, a real Sentry-compatible receiver
+
+@pytest.fixture(scope="session")
+def bugsink_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
+    """One Bugsink (a real Sentry-compatible receiver) for the whole test session;
+    ``bugsink_server.dsn`` is its project's DSN. Tests that need an empty issue list of their
+    own call ``bugsink_server.create_project(name)``."""
+    server = Bugsink(tmp_path_factory.mktemp("bugsink")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
-from tests.bugsink import Bugsink
+from examples.bugsink import Bugsink
 from tests.sidecar import Sidecar
 
 pytestmark = pytest.mark.slow

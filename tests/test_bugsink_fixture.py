@@ -7,7 +7,7 @@ import uuid
 import pytest
 import sentry_sdk
 
-from tests.bugsink import Bugsink
+from examples.bugsink import Bugsink
 
 pytestmark = pytest.mark.slow
 

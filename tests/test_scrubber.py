@@ -308,12 +308,26 @@ def place_in_traces(secrets: list[Secret]) -> ExportTraceServiceRequest:
                 'Traceback (most recent call last):\n  File "app.py", line 7, in handler\n'
                 f"ValueError: {text}\n"
             ),
+            otel_sidecar__exception__chain=exception_chain(secret, text),
         )
         event = span.events.add(name=text)
         link = span.links.add(trace_id=TRACE_ID, span_id=SPAN_ID)
         add(link.attributes, **{secret.key: secret.value})
         span.status.message = text
     return request
+
+
+def exception_chain(secret: Secret, text: str) -> str:
+    """The zero-code side's exception chain (JSON) with the secret as a local variable (and a
+    nested one) and its text in the source lines and the message."""
+    frame = {
+        "filename": "app.py",
+        "function": "handler",
+        "pre_context": [text],
+        "context_line": text,
+        "vars": {secret.key: repr(secret.value), "note": repr(text), "d": {secret.key: "x"}},
+    }
+    return json.dumps([{"type": "ValueError", "value": text, "frames": [frame]}])
 
 
 def place_in_logs(secrets: list[Secret]) -> ExportLogsServiceRequest:
@@ -849,3 +863,56 @@ def test_long_hostile_inputs_stay_fast(text: str) -> None:
     scrub_text(text)
     scrub_text(text, key="db.statement")
     assert time.perf_counter() - started < 1.0
+
+
+# -- the exception chain -------------------------------------------------------------------------
+
+
+def test_exception_chain_is_scrubbed_as_json_and_stays_json() -> None:
+    """Variables are keys (a ``password`` local is filtered, a ``cookie`` one removed), every
+    string is scanned, and what is written back still parses."""
+    chain = [
+        {
+            "type": "ValueError",
+            "value": "login failed for token=abc123def456",
+            "frames": [
+                {
+                    "function": "login",
+                    "pre_context": ['    password = "hunter2-secret"', "    user = 'ann'"],
+                    "context_line": "    check(user, password)",
+                    "vars": {
+                        "password": "'hunter2-secret'",
+                        "cookie": "'sid=99'",
+                        "user": "'ann'",
+                        "header": "'Bearer eyJhbGciOi.payload.sig'",
+                        "rows": ["'4111 1111 1111 1111'"],
+                    },
+                }
+            ],
+        }
+    ]
+    batch = ExportTraceServiceRequest()
+    span = batch.resource_spans.add().scope_spans.add().spans.add(name="login")
+    add(span.events.add(name="exception").attributes,
+        otel_sidecar__exception__chain=json.dumps(chain))  # fmt: skip
+    counts = scrub_batch(batch)
+    ((value,),) = [e.attributes for e in span.events]
+    scrubbed = json.loads(value.value.string_value)
+    frame = scrubbed[0]["frames"][0]
+    assert scrubbed[0]["value"] == "login failed for token=[Filtered]"
+    assert frame["pre_context"] == ['    password = "[Filtered]"', "    user = 'ann'"]
+    assert frame["vars"] == {
+        "password": "[Filtered]",
+        "user": "'ann'",
+        "header": "'Bearer [Filtered]'",
+        "rows": ["'[Filtered]'"],
+    }
+    assert counts == {"headers": 1, "keys": 3, "bearer": 1, "credit_card": 1}
+
+
+def test_exception_chain_that_is_not_json_is_scanned_as_text() -> None:
+    batch = ExportTraceServiceRequest()
+    span = batch.resource_spans.add().scope_spans.add().spans.add(name="x")
+    add(span.attributes, otel_sidecar__exception__chain="not json, token=abcdef123456")
+    scrub_batch(batch)
+    assert span.attributes[0].value.string_value == "not json, token=[Filtered]"

@@ -165,3 +165,24 @@ def test_fingerprint_groups_by_in_app_code_not_message() -> None:
     two = [{"type": "E", "value": "b 2", "stacktrace": {"frames": frames}}]
     assert mapping.fingerprint(one) == mapping.fingerprint(two) == ["", "E", "app/x.py:f"]
     assert mapping.fingerprint([{"type": "E", "value": "v"}]) == ["{{ default }}"]
+
+
+def test_request_header_names_as_http_writes_them() -> None:
+    """The instrumentations write ``http.request.header.user_agent``; Sentry shows
+    ``User-Agent``, as sentry-sdk sends it."""
+    segment = span(
+        SERVER,
+        http__request__method="GET",
+        http__request__header__user_agent=["curl/8"],
+        http__request__header__x_request_id=["r-1"],
+    )
+    request = mapping.transaction(segment, [], mapping.Defaults("", "", "1"))["request"]
+    assert request["headers"] == {"User-Agent": "curl/8", "X-Request-Id": "r-1"}
+
+
+def test_an_exception_log_item_leaves_the_frames_to_its_error_event() -> None:
+    attributes = {"exception.type": "E", "otel_sidecar.exception.chain": "[]", "n": 1}
+    record = LogRecord(None, None, 1, 17, "ERROR", "failed", attributes, {}, "app")
+    item = mapping.log_item(record, mapping.Defaults("", "", "1"))
+    assert "otel_sidecar.exception.chain" not in item["attributes"]
+    assert item["attributes"]["exception.type"] == {"value": "E", "type": "string"}

@@ -38,6 +38,11 @@ are). The default rules, each with the name used in ``disable`` and as the
     Sentry can still group queries by statement. A double-quoted text that is not shaped
     like a name (``"a@b.c"``) is taken for a MySQL string literal and becomes ``?`` too.
 
+The exception chain the zero-code side attaches (``otel_sidecar.exception.chain``, JSON with
+frames' source lines and local variables) is scrubbed as the structure it is: its object keys
+count as keys (a variable named ``password`` is filtered) and every string in it is scanned;
+it is written back as valid JSON.
+
 Configured rules add to these: ``drop_keys`` (keys removed outright), ``filter_keys``
 (regexes on keys, value filtered) and ``filter_values`` (regexes on string values, each match
 filtered). Integers, doubles and booleans only change when their key is denylisted.
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +71,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from collector.attributes import EXCEPTION_CHAIN
 from collector.component import Consumer
 from collector.settings import ConfigError, setting
 from collector.signals import Batch, Signal
@@ -99,7 +106,7 @@ HEADERS, KEYS, BEARER, CREDIT_CARD, PEM_KEY, URL_CREDENTIALS, SQL_LITERALS = ran
 DROP_KEYS, FILTER_KEYS, FILTER_VALUES = range(7, 10)
 
 # What to do with an attribute, decided once per key: (action, rule index).
-_SCAN, _SQL, _FILTER, _DROP = range(4)
+_SCAN, _SQL, _FILTER, _DROP, _JSON = range(5)
 Verdict = tuple[int, int]
 Replacement = str | Callable[[re.Match[str]], str]
 _SCAN_VERDICT: Final = (_SCAN, -1)
@@ -113,6 +120,7 @@ _SECRET_HEADERS: Final = frozenset(
     {"cookie", "set-cookie", "authorization", "proxy-authorization", "x-api-key"}
 )
 _SQL_KEYS: Final = frozenset({"db.statement", "db.query.text"})
+_JSON_KEYS: Final = frozenset({EXCEPTION_CHAIN})
 
 # Relay's denylist; separators inside api_key and friends may be -, _, . or nothing.
 _DENY: Final = (
@@ -298,6 +306,10 @@ class Rules:
             return FILTERED if text else text
         if action == _SQL:
             return self._sql_text(text, counts)
+        if action == _JSON:
+            value = AnyValue(string_value=text)
+            self._json_value(value, counts)
+            return value.string_value
         return self._text(text, counts)
 
     def scrub_batch(self, batch: Batch) -> dict[str, int]:
@@ -369,6 +381,8 @@ class Rules:
                 self._sql_value(kv.value, counts)
             elif verdict[0] == _FILTER:
                 self._filter(kv.value, verdict[1], counts)
+            elif verdict[0] == _JSON:
+                self._json_value(kv.value, counts)
             else:
                 dropping = True
         if dropping:
@@ -419,6 +433,42 @@ class Rules:
         if new is not text:
             value.string_value = new
 
+    def _json_value(self, value: AnyValue, counts: list[int]) -> None:
+        text = value.string_value
+        try:
+            data = json.loads(text) if text else None
+        except ValueError:
+            data = None
+        if data is None:  # not JSON after all: an ordinary value
+            self._value(value, counts)
+            return
+        new = self._json(data, counts)
+        if new != data:
+            value.string_value = json.dumps(new, ensure_ascii=False)
+
+    def _json(self, data: object, counts: list[int]) -> object:
+        """Parsed JSON scrubbed: object keys decide as attribute keys do, strings are scanned."""
+        if isinstance(data, str):
+            return self._text(data, counts)
+        if isinstance(data, list):
+            return [self._json(item, counts) for item in data]
+        if not isinstance(data, dict):
+            return data
+        out = {}
+        for key, item in data.items():
+            action, rule = self._verdict(key)
+            if action == _DROP:
+                counts[rule] += 1
+            elif action == _FILTER:
+                if item not in ("", FILTERED, None):
+                    counts[rule] += 1
+                out[key] = FILTERED
+            elif action == _SQL and isinstance(item, str):
+                out[key] = self._sql_text(item, counts)
+            else:
+                out[key] = self._json(item, counts)
+        return out
+
     @staticmethod
     def _filter(value: AnyValue, rule: int, counts: list[int]) -> None:
         kind = value.WhichOneof("value")
@@ -459,6 +509,8 @@ class Rules:
             return (_FILTER, FILTER_KEYS)
         if on[SQL_LITERALS] and low in _SQL_KEYS:
             return (_SQL, SQL_LITERALS)
+        if key in _JSON_KEYS:
+            return (_JSON, -1)
         return _SCAN_VERDICT
 
     # -- strings -----------------------------------------------------------------------------

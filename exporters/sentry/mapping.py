@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from collector.attributes import EXCEPTION_CHAIN
+from exporters.sentry import chain, traceback
 from exporters.sentry.records import CLIENT, SERVER, Event, LogRecord, SpanRecord
-from exporters.sentry.traceback import exception_values
 
 _NS = 1e9
 _STATUS_OK, _STATUS_ERROR = 1, 2
@@ -276,9 +277,15 @@ def _segment_scope(segment: SpanRecord) -> dict[str, Any]:
     request = _request(attrs)
     if request:
         scope["request"] = request
-    user_id = attrs.get("enduser.id")
-    if user_id is not None:
-        scope["user"] = {"id": str(user_id)}
+    user = {
+        key[len("sentry.user.") :]: str(value)
+        for key, value in attrs.items()
+        if key.startswith("sentry.user.")
+    }
+    if attrs.get("enduser.id") is not None:
+        user["id"] = str(attrs["enduser.id"])
+    if user:
+        scope["user"] = sentry_safe(user)
     return scope
 
 
@@ -333,7 +340,7 @@ def _request(attributes: dict[str, Any]) -> dict[str, Any] | None:
     if query:
         request["query_string"] = str(query)
     headers = {
-        key[len("http.request.header.") :]: ", ".join(map(str, value))
+        _header_name(key[len("http.request.header.") :]): ", ".join(map(str, value))
         if isinstance(value, list)
         else str(value)
         for key, value in attributes.items()
@@ -342,6 +349,11 @@ def _request(attributes: dict[str, Any]) -> dict[str, Any] | None:
     if headers:
         request["headers"] = sentry_safe(headers)
     return request
+
+
+def _header_name(key: str) -> str:
+    """``user_agent`` (the instrumentations write header names that way) -> ``User-Agent``."""
+    return "-".join(part.capitalize() for part in key.replace("_", "-").split("-"))
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -354,15 +366,35 @@ def error_from_span_event(
     breadcrumbs: list[dict[str, Any]],
     defaults: Defaults,
 ) -> dict[str, Any]:
-    attrs = event.attributes
-    escaped = attrs.get("exception.escaped")
-    values = exception_values(
-        str(attrs.get("exception.type") or "Exception"),
-        str(attrs.get("exception.message") or ""),
-        attrs.get("exception.stacktrace"),
-        handled=None if escaped is None else not escaped,
-    )
+    values = exception_values(event.attributes, "", handled=_handled(span, event.attributes))
     return _error(values, event.time_ns or span.end_ns, span, segment, breadcrumbs, defaults)
+
+
+def exception_values(
+    attrs: dict[str, Any], message: str, *, handled: bool | None
+) -> list[dict[str, Any]]:
+    """From the zero-code side's structured chain when it is there and sound, else from
+    OpenTelemetry's ``exception.*`` attributes and the traceback text."""
+    return chain.exception_values(attrs.get(EXCEPTION_CHAIN), handled=handled) or (
+        traceback.exception_values(
+            str(attrs.get("exception.type") or "Exception"),
+            str(attrs.get("exception.message") or message),
+            attrs.get("exception.stacktrace"),
+            handled=handled,
+        )
+    )
+
+
+def _handled(span: SpanRecord, attrs: dict[str, Any]) -> bool | None:
+    """Unhandled when it escaped: said so, or it failed its span (the instrumentations record
+    an exception and set the span's ERROR status only when it leaves the span). The
+    OpenTelemetry SDK writes ``exception.escaped`` as the text "True"/"False"."""
+    escaped = attrs.get("exception.escaped")
+    if isinstance(escaped, str):
+        escaped = {"true": True, "false": False}.get(escaped.lower())
+    if escaped is True or span.status_code == _STATUS_ERROR:
+        return False
+    return None if escaped is None else not escaped
 
 
 def error_from_log(
@@ -372,13 +404,7 @@ def error_from_log(
     breadcrumbs: list[dict[str, Any]],
     defaults: Defaults,
 ) -> dict[str, Any]:
-    attrs = record.attributes
-    values = exception_values(
-        str(attrs.get("exception.type") or "Exception"),
-        str(attrs.get("exception.message") or log_body(record)),
-        attrs.get("exception.stacktrace"),
-        handled=True,  # logged, so caught
-    )
+    values = exception_values(record.attributes, log_body(record), handled=True)  # logged: caught
     event = _error(values, record.time_ns, span, segment, breadcrumbs, defaults, record.resource)
     event["logger"] = record.scope or "otel"
     event["level"] = "fatal" if record.severity_number >= 21 else "error"
@@ -399,6 +425,10 @@ def _error(
     defaults: Defaults,
     resource: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    for value in values:
+        for frame in value.get("stacktrace", {}).get("frames", []):
+            if "vars" in frame:
+                frame["vars"] = sentry_safe(frame["vars"])
     event: dict[str, Any] = {
         "level": "error",
         "timestamp": time_ns / _NS,
@@ -510,6 +540,7 @@ def log_item(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
     if isinstance(record.body, dict):  # structlog keys of a structured body
         attributes.update((k, v) for k, v in record.body.items() if k not in ("event", "message"))
     attributes.update(record.attributes)
+    attributes.pop(EXCEPTION_CHAIN, None)  # frames belong to the error event, not the log line
     environment, release = defaults.environment_release(record.resource)
     attributes.update(
         {

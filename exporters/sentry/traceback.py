@@ -109,7 +109,7 @@ def exception_values(
     values = [_value(block.type, block.value, block.frames) for block in blocks if block.type]
     sources = [block.source for block in blocks if block.type]
     values.append(_raised_value(type_name, message, raised))
-    _add_mechanisms(values, sources, handled)
+    add_mechanisms(values, sources, handled)
     return values
 
 
@@ -257,7 +257,7 @@ def _raised_value(type_name: str, message: str, block: _Block | None) -> dict[st
     return value
 
 
-def _add_mechanisms(
+def add_mechanisms(
     values: list[dict[str, Any]], sources: list[str | None], handled: bool | None
 ) -> None:
     """Linear chain of ids like sentry-python: raised = 0, its cause/context = 1, ..."""

@@ -1,4 +1,5 @@
-"""A real Bugsink (self-hosted, Sentry-compatible error tracker) as a receiver for e2e tests.
+"""A real Bugsink (self-hosted, Sentry-compatible error tracker) on localhost: the receiver of
+`make demo-sentry` and of the end-to-end tests.
 
 ``Bugsink(workdir).start()`` sets up a throw-away single-user installation in ``workdir`` and
 serves it with gunicorn on a free port of 127.0.0.1, as Bugsink's production setup does:
@@ -38,11 +39,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 API = "/api/canonical/0"
 ADMIN_EMAIL = "admin@example.org"
@@ -339,7 +337,7 @@ class Bugsink:
         }
         with conf.open("a") as f:
             f.write(
-                "\n\n# --- otel-sidecar test overrides (tests/bugsink.py) ---\n"
+                "\n\n# --- otel-sidecar test overrides (examples/bugsink.py) ---\n"
                 f"DATABASES['default']['NAME'] = {str(self.workdir / 'db.sqlite3')!r}\n"
                 f"DATABASES['default']['TEST']['NAME'] = {str(self.workdir / 'test.sqlite3')!r}\n"
                 f"DATABASES['snappea']['NAME'] = {str(self.workdir / 'snappea.sqlite3')!r}\n"
@@ -474,16 +472,3 @@ def _die_with_parent() -> None:
         with contextlib.suppress(OSError, AttributeError):
             pr_set_pdeathsig = 1
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-@pytest.fixture(scope="session")
-def bugsink_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bugsink]:
-    """One Bugsink for the whole test session; ``bugsink_server.dsn`` is its project's DSN.
-
-    Tests that need an empty issue list of their own call ``bugsink_server.create_project(name)``.
-    """
-    server = Bugsink(tmp_path_factory.mktemp("bugsink")).start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -1,0 +1,53 @@
+"""The ``otel_sidecar`` OpenTelemetry distro: defaults first, then each instrumentation with the
+options that keep Sentry free of noise.
+
+``opentelemetry-instrument`` calls :meth:`SidecarDistro.configure` before the configurator
+and the instrumentations load, so every default it sets (only where the app's environment sets
+nothing) is in place when they read the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from opentelemetry.instrumentation.distro import BaseDistro
+
+from otel_sidecar.instrumentation import settings
+from otel_sidecar.instrumentation.environment_variables import (
+    OTEL_SIDECAR_APP_ASGI_EXCLUDE_SPANS,
+    OTEL_SIDECAR_APP_DB_CONNECT_SPANS,
+)
+
+_log = logging.getLogger(__name__)
+
+
+class SidecarDistro(BaseDistro):
+    def _configure(self, **kwargs: Any) -> None:
+        settings.apply_otel_defaults()
+
+    def load_instrumentor(self, entry_point: Any, **kwargs: Any) -> None:
+        options = dict(kwargs)
+        if entry_point.name == "fastapi":
+            options["exclude_spans"] = settings.names(OTEL_SIDECAR_APP_ASGI_EXCLUDE_SPANS)
+        elif entry_point.name == "logging":
+            # Trace ids for the app's own log format stay available; records are sent by our
+            # capture (logs.py), not by a second handler on the root logger.
+            options["enable_log_auto_instrumentation"] = False
+        super().load_instrumentor(entry_point, **options)
+        if entry_point.name == "sqlalchemy" and not settings.flag(
+            OTEL_SIDECAR_APP_DB_CONNECT_SPANS
+        ):
+            _without_connect_spans()
+
+
+def _without_connect_spans() -> None:
+    """The SQLAlchemy instrumentation wraps ``Engine.connect`` in a ``connect`` span for every
+    connection the pool opens: a span per pool miss that says nothing about the request."""
+    try:
+        from opentelemetry.instrumentation.utils import unwrap
+        from sqlalchemy.engine.base import Engine
+
+        unwrap(Engine, "connect")
+    except Exception as error:  # a newer instrumentation may wrap it differently: keep going
+        _log.debug("could not remove SQLAlchemy connect spans: %s", error)
