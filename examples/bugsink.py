@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -41,6 +40,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from examples.services import die_with_parent
 
 API = "/api/canonical/0"
 ADMIN_EMAIL = "admin@example.org"
@@ -66,7 +67,7 @@ _DROPPED_ENV = (
 
 
 # gunicorn's workers are forks of its arbiter, which gets SIGKILL when our process dies (see
-# _die_with_parent); they get it in turn when the arbiter dies, instead of lingering.
+# die_with_parent); they get it in turn when the arbiter dies, instead of lingering.
 _GUNICORN_CONF = """\
 import ctypes
 import signal
@@ -376,7 +377,7 @@ class Bugsink:
             stderr=subprocess.STDOUT,
             pass_fds=(fd,),
             start_new_session=True,  # its own process group, so stop() reaches the workers too
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
         atexit.register(self.stop)
 
@@ -464,11 +465,3 @@ def _script(name: str) -> str:
     if found is None:
         raise BugsinkError(f"{name} not found: is the `bugsink` package installed (dev extras)?")
     return found
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the process that started us dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            pr_set_pdeathsig = 1
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -8,6 +8,7 @@ picked at start; every process gets SIGTERM (then SIGKILL) when its context ends
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -17,12 +18,25 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+
+
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """For ``preexec_fn``: the child gets ``sig`` when the process that started it dies (Linux),
+    so a test run or demo that is killed leaves no server behind."""
+
+    def arrange() -> None:
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                pr_set_pdeathsig = 1
+                ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig)
+
+    return arrange
 
 
 def free_port() -> int:
@@ -60,6 +74,7 @@ class Process:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # a signal to its group reaches workers and reloaders too
+            preexec_fn=die_with_parent(signal.SIGTERM),  # graceful: it flushes, then goes
         )
         threading.Thread(target=self._read, daemon=True).start()
         return self
@@ -135,18 +150,25 @@ def app_env(
     return env
 
 
+APP = "helloagents.main:app"
+
+
 def server_argv(
-    port: int, *, instrumented: bool, server: str = "uvicorn", args: Sequence[str] = ()
+    port: int,
+    *,
+    instrumented: bool,
+    server: str = "uvicorn",
+    args: Sequence[str] = (),
+    app: str = APP,
 ) -> list[str]:
     """``[opentelemetry-instrument] uvicorn helloagents.main:app ...`` (or gunicorn)."""
     if server == "gunicorn":
         argv = [
-            str(BIN / "gunicorn"), "helloagents.main:app", "--worker-class",
-            "uvicorn_worker.UvicornWorker", "--bind", f"127.0.0.1:{port}", *args,
+            str(BIN / "gunicorn"), app, "--worker-class", "uvicorn_worker.UvicornWorker",
+            "--bind", f"127.0.0.1:{port}", *args,
         ]  # fmt: skip
     else:
-        argv = [str(BIN / "uvicorn"), "helloagents.main:app", "--host", "127.0.0.1",
-                "--port", str(port), *args]  # fmt: skip
+        argv = [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), *args]
     return [str(BIN / "opentelemetry-instrument"), *argv] if instrumented else argv
 
 
@@ -175,10 +197,11 @@ def start_app(
     app_dir: Path = EXAMPLES,
     echo: str = "",
     port: int | None = None,
+    app: str = APP,
 ) -> tuple[Process, str]:
     """The backend, answering; (process, base URL). On a free port unless one is given."""
     port = port or free_port()
-    argv = server_argv(port, instrumented=instrumented, server=server, args=args)
+    argv = server_argv(port, instrumented=instrumented, server=server, args=args, app=app)
     app = Process(argv, env, app_dir, echo).start()
     base_url = f"http://127.0.0.1:{port}"
     try:

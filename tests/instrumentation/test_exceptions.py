@@ -192,3 +192,14 @@ def test_frames_under_a_path_root_are_relative_to_the_innermost_root(tmp_path: P
         sys.modules.pop("pkg.mod", None)
         sys.modules.pop("pkg", None)
     assert (frame["filename"], frame["module"]) == ("pkg/mod.py", "pkg.mod")
+
+
+def test_a_deep_recursion_keeps_the_innermost_frames() -> None:
+    def down(n: int) -> None:
+        down(n + 1)
+
+    (value,) = chain_of(raised(down, 0))
+    assert value["type"] == "RecursionError"
+    frames = value["frames"]
+    assert len(frames) == exceptions.MAX_FRAMES
+    assert int(frames[-1]["vars"]["n"]) > int(frames[0]["vars"]["n"]) > 0

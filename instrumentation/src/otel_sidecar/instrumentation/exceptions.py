@@ -70,10 +70,10 @@ def exception_attributes(exception: BaseException, detail: Detail) -> dict[str, 
     the chain."""
     kind = type(exception)
     module = kind.__module__
-    attributes = {
-        "exception.type": kind.__qualname__
-        if module in ("builtins", "__main__", None)
-        else f"{module}.{kind.__qualname__}",
+    attributes = {  # exception.type named as the SDK's record_exception names it
+        "exception.type": f"{module}.{kind.__qualname__}"
+        if module and module != "builtins"
+        else kind.__qualname__,
         "exception.message": _safe_str(exception),
         "exception.stacktrace": "".join(
             traceback.format_exception(kind, exception, exception.__traceback__)
@@ -108,9 +108,8 @@ def _chain(exception: BaseException, detail: Detail) -> list[dict[str, Any]]:
             value["module"] = module
         if source:
             value["source"] = source
-        value["frames"] = [
-            _frame(frame, lineno, roots, detail) for frame, lineno in _frames(error.__traceback__)
-        ][-MAX_FRAMES:]
+        innermost = list(_frames(error.__traceback__))[-MAX_FRAMES:]  # before any repr is made
+        value["frames"] = [_frame(frame, lineno, roots, detail) for frame, lineno in innermost]
         values.append(value)
     return values[::-1]
 

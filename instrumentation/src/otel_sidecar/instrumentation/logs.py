@@ -21,6 +21,7 @@ Both carry the active trace and span ids, the thread, the process id, and for an
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -97,6 +98,7 @@ def install(capture: Capture) -> None:
 
 
 def uninstall() -> None:
+    _logger.cache_clear()
     unpatch(logging.Logger, "callHandlers")
     structlog = sys.modules.get("structlog")
     if structlog is not None:
@@ -125,7 +127,7 @@ def emit(
         attributes["process.pid"] = os.getpid()
         if exception is not None and not already_recorded(exception):
             attributes.update(exception_attributes(exception, _capture.detail))
-        get_logger(scope).emit(
+        _logger(scope).emit(
             timestamp=time_ns,
             observed_timestamp=time.time_ns(),
             context=get_current(),
@@ -140,6 +142,13 @@ def emit(
         _emitting.reset(token)
 
 
+@functools.lru_cache(maxsize=256)
+def _logger(scope: str) -> Any:
+    """The SDK's logger for a scope (its lookup takes a lock; scopes are logger names, few)."""
+    return get_logger(scope)
+
+
+@functools.lru_cache(maxsize=64)
 def _severity(levelno: int) -> SeverityNumber:
     """stdlib levels to OpenTelemetry's: DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21."""
     if levelno <= logging.NOTSET:
