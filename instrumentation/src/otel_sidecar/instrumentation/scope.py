@@ -96,9 +96,13 @@ def set_context(key: str, value: Mapping[str, Any]) -> None:
     _set({f"sentry.context.{key}.{field}": _scalar(item) for field, item in value.items()})
 
 
-def capture_exception(error: BaseException | None = None, **_scope: Any) -> str | None:
+def capture_exception(
+    error: BaseException | None = None, scope: Any = None, **scope_kwargs: Any
+) -> str | None:
     """``sentry_sdk.capture_exception``: report a caught exception (the one being handled when
-    none is given) as handled, with its frames. Returns None: the event id is Sentry's to give."""
+    none is given) as handled, with its frames. Returns None: the event id is Sentry's to give.
+    ``scope`` and its keywords are accepted for sentry_sdk's signature; the request's span is
+    the scope here."""
     if error is None:
         error = sys.exc_info()[1]
     if error is None:
