@@ -68,7 +68,7 @@ REFERENCE = "[memory_limiter, slow_spans, sampler, scrubber, batch]"
 PIPELINES = {  # name: (processors, exporters)
     # Receive, batch, write: the cost of the core path and the file exporter.
     "basic": ("[batch]", "[file]"),
-    # The reference config's trace pipeline, sampling at the seed's recommended 10 %.
+    # The reference config's trace pipeline, sampling at the monitoring guide's recommended 10 %.
     "reference": (REFERENCE, "[file]"),
     # The same, forwarding protobuf to an OTLP/HTTP backend (a sink in its own process).
     "forward": (REFERENCE, "[otlp_http]"),
@@ -208,7 +208,7 @@ def _trace(rng: random.Random, start_ns: int) -> list[Span]:
     """A SERVER root and 63 descendants; each parent is the root or an INTERNAL span."""
     trace_id = rng.randbytes(16)
     item = rng.randrange(1, 100_000)
-    status = 200 if rng.random() < 0.99 else 500  # the seed's target: error rate < 1 %
+    status = 200 if rng.random() < 0.99 else 500  # the monitoring guide's target: error rate < 1 %
     # Most requests take 20-300 ms; one in fifty is slow (1-3 s).
     duration_ms = rng.randrange(1000, 3000) if rng.random() < 0.02 else rng.randrange(20, 300)
     root = Span(

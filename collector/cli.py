@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import os
 import signal
 import sys
 import urllib.error
@@ -23,7 +24,14 @@ from collector.pipeline import Service
 from collector.settings import ConfigError
 from collector.telemetry import configure_logging, log
 
-DEFAULT_HEALTH_URL = "http://127.0.0.1:13133/health"
+
+def _default_health_url() -> str:
+    """Where ``run`` with the default config listens: OTEL_SIDECAR_HEALTH_ENDPOINT moves both."""
+    endpoint = os.environ.get("OTEL_SIDECAR_HEALTH_ENDPOINT") or "127.0.0.1:13133"
+    host, _, port = endpoint.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):  # listening everywhere: ask on loopback
+        host = "127.0.0.1"
+    return f"http://{host}:{port}/health"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,11 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser(
         "health",
         help="print a running sidecar's /health (exit 0 healthy, 1 not)",
-        description="The seed's health-check script: prints the health JSON; exit code 0 when "
-        "the sidecar answers healthy, 1 otherwise (unhealthy, or not answering).",
+        description="Prints the health JSON of a running sidecar; exit code 0 when it answers "
+        "healthy, 1 otherwise (unhealthy, or not answering). Usable as a probe command.",
     )
+    default_url = _default_health_url()
     health.add_argument(
-        "--url", default=DEFAULT_HEALTH_URL, help=f"health endpoint (default {DEFAULT_HEALTH_URL})"
+        "--url",
+        default=default_url,
+        help=f"health endpoint (default {default_url}, from OTEL_SIDECAR_HEALTH_ENDPOINT)",
     )
     health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     health.set_defaults(command=_health)

@@ -1,6 +1,6 @@
-"""The ``health`` extension: the pod's probes, the sidecar's metrics, the seed's health JSON.
+"""The ``health`` extension: the pod's probes, the sidecar's metrics, the health JSON.
 
-``GET /health`` answers the seed's format (HTTP 503 when a component is unhealthy)::
+``GET /health`` answers the health JSON (HTTP 503 when a component is unhealthy)::
 
     {"status": "healthy", "timestamp": "...", "version": "...",
      "components": {"otlp_grpc": {"status": "healthy", "message": "listening on ..."}, ...}}
@@ -8,8 +8,8 @@
 ``/health/live`` answers while the process runs (never depends on anything downstream);
 ``/health/ready`` once the pipelines are built and the receivers listen, until shutdown starts;
 ``/metrics`` is Prometheus text. Optional ``checks`` probe the app's own dependencies in the
-background (a database, an HTTP service, a TCP port) and add them as components, as the seed's
-backend did. No message ever carries a URL, DSN or header value.
+background (a database, an HTTP service, a TCP port) and add them as components, as the
+monitoring guide's backend did. No message ever carries a URL, DSN or header value.
 """
 
 from __future__ import annotations

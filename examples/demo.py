@@ -121,8 +121,9 @@ class Progress:
             self.last = now
             counts = sidecar_counts(self.run)
             line = (
-                f"  {now - self.started:4.0f}/{self.seconds:.0f} s  requests {tally.requests:5d}  "
-                f"errors {tally.errors:3d}  slow {len(self.run.sidecar_events('slow_request')):3d}"
+                f"  {min(now - self.started, self.seconds):4.0f}/{self.seconds:.0f} s  "
+                f"requests {tally.requests:5d}  failed {tally.errors:3d}  "
+                f"slow so far {len(self.run.sidecar_events('slow_request')):3d}"
                 f"  | sidecar: spans received {counts['spans']:6.0f}, kept {counts['kept']:6.0f}, "
                 f"log records {counts['logs']:6.0f}"
             )
@@ -162,8 +163,9 @@ def summary(run: Run, tally: traffic.Tally, sidecar_code: int, sentry: str) -> b
     print(f"The backend had {tally.requests} requests: {statuses}.")
     print(
         f"The sidecar received {found['spans']} spans and {found['logs']} log records; "
-        f"{found['exceptions']} exceptions came with their frames and variables "
-        f"({found['with_frames']} of {found['exceptions']}); it logged {len(slow)} slow requests."
+        f"{found['exceptions']} recorded exceptions (failed requests' and handled ones) came "
+        f"with their frames and variables ({found['with_frames']} of {found['exceptions']}); "
+        f"it logged {len(slow)} slow requests, the last ones after the traffic stopped."
     )
     print(
         "The clients' Authorization and Cookie values reached "

@@ -1,5 +1,5 @@
-"""The health extension: the seed's health JSON, the pod's probes, /metrics, the `health` CLI,
-and the seed's optional dependency checks."""
+"""The health extension: the health JSON, the pod's probes, /metrics, the `health` CLI,
+and the optional dependency checks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from collector import cli
 from tests.sentry_sink import SentrySink
 from tests.sidecar import BASIC_CONFIG, ROOT, Sidecar
 from tests.test_receivers import post, trace_request
@@ -98,7 +99,7 @@ def test_health_report_probes_and_metrics(tmp_path: Path, database: int) -> None
         )
         assert sidecar.stop() == 0
 
-    # The seed's format; a dead dependency makes it unhealthy with HTTP 503.
+    # The health JSON; a dead dependency makes it unhealthy with HTTP 503.
     assert set(report) == {"status", "timestamp", "version", "components"}
     assert report["status"] == "unhealthy" and status == 503
     components = report["components"]
@@ -187,3 +188,21 @@ def test_health_cli_never_prints_url_credentials() -> None:
     )
     assert result.returncode == 1
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        (None, "http://127.0.0.1:13133/health"),
+        ("127.0.0.1:14133", "http://127.0.0.1:14133/health"),
+        ("0.0.0.0:13133", "http://127.0.0.1:13133/health"),  # listening everywhere: loopback
+    ],
+)
+def test_health_cli_asks_where_the_default_config_listens(
+    endpoint: str | None, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if endpoint is None:
+        monkeypatch.delenv("OTEL_SIDECAR_HEALTH_ENDPOINT", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_SIDECAR_HEALTH_ENDPOINT", endpoint)
+    assert cli._default_health_url() == url

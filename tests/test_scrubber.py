@@ -916,3 +916,54 @@ def test_exception_chain_that_is_not_json_is_scanned_as_text() -> None:
     add(span.attributes, otel_sidecar__exception__chain="not json, token=abcdef123456")
     scrub_batch(batch)
     assert span.attributes[0].value.string_value == "not json, token=[Filtered]"
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # The ASGI scope's headers, as every frame of a request's traceback holds them.
+        ("[(b'host', b'api'), (b'authorization', b'Token A1b2'), (b'cookie', b'sid=C9')]",
+         "[(b'host', b'api'), (b'authorization', b'[Filtered]'), (b'cookie', b'[Filtered]')]"),
+        ("[('api_key', 'sk_live_X1')]", "[('api_key', '[Filtered]')]"),
+        ("['--password', 'x9y8', '-v']", "['--password', '[Filtered]', '-v']"),
+        ("""[("token", "a'b c")]""", """[("token", "[Filtered]")]"""),
+        ("[('name', 'bob'), ('page', '2')]", "[('name', 'bob'), ('page', '2')]"),
+        ("f(author, title)", "f(author, title)"),
+    ],
+)  # fmt: skip
+def test_credential_pairs_in_reprs_and_argument_lists(text: str, scrubbed: str) -> None:
+    assert scrub_text(text) == scrubbed
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        "[" * 100_000 + "]" * 100_000,  # json.loads: RecursionError
+        json.dumps([{"type": "E", "frames": [{"vars": {"v": [[[]]]}}]}]).replace(
+            "[[[]]]", "[" * 5000 + "]" * 5000
+        ),
+    ],
+)
+def test_a_chain_too_deep_to_walk_costs_only_itself(chain: str) -> None:
+    """Forged input: the batch is scrubbed and sent, the other attributes untouched."""
+    batch = ExportTraceServiceRequest()
+    span = batch.resource_spans.add().scope_spans.add().spans.add(name="x")
+    add(span.events.add(name="exception").attributes, otel_sidecar__exception__chain=chain,
+        exception__type="E")  # fmt: skip
+    scrub_batch(batch)
+    batch.SerializeToString()
+    values = {kv.key: kv.value.string_value for kv in span.events[0].attributes}
+    assert values["exception.type"] == "E"
+    assert len(values["otel_sidecar.exception.chain"]) <= len(chain)
+
+
+def test_a_scrubbed_chain_with_an_escaped_lone_surrogate_stays_sendable() -> None:
+    chain = json.dumps([{"type": "E", "value": "bad \udcff byte",
+                         "frames": [{"vars": {"password": "'x'", "s": "'\udcff'"}}]}])  # fmt: skip
+    batch = ExportTraceServiceRequest()
+    span = batch.resource_spans.add().scope_spans.add().spans.add(name="x")
+    add(span.events.add(name="exception").attributes, otel_sidecar__exception__chain=chain)
+    scrub_batch(batch)
+    batch.SerializeToString()  # valid UTF-8 throughout
+    (value,) = json.loads(span.events[0].attributes[0].value.string_value)
+    assert value["frames"][0]["vars"]["password"] == "[Filtered]"

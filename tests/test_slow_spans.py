@@ -1,4 +1,4 @@
-"""Slow spans: marked with slow=true and logged as the seed's JSON line, before sampling."""
+"""Slow spans: marked with slow=true and logged as the slow-request JSON line, before sampling."""
 
 from __future__ import annotations
 

@@ -162,6 +162,13 @@ _HEADER_LINE = re.compile(
     r"""(?P<val>\[Filtered\]|"(?:[^"\\\n]|\\.)*(?:"|$)|'(?:[^'\\\n]|\\.)*(?:'|$)|[^\r\n]+)""",
     re.IGNORECASE | re.MULTILINE,
 )
+# A pair in a Python repr or an argument list: ('api_key', 'v'), (b'cookie', b'v'),
+# ["--password", "v"] (the ASGI scope's headers, in every frame's variables, are such pairs).
+_PAIR = re.compile(
+    rf"""(?P<head>[(\[][ \t]*b?(?P<q>["'])-{{0,2}}[\w.\-]*?(?:{_DENY}|cookie)[\w.\-]{{0,64}}"""
+    rf"""(?P=q)[ \t]*,[ \t]*b?(?P<vq>["']))(?P<val>(?:(?!(?P=vq))[^\\\n]|\\.)*)(?P=vq)""",
+    re.IGNORECASE,
+)
 # Placeholders are not secrets: "password = ?" in a sanitized statement stays as it is.
 _SAFE_VALUE = re.compile(r"""(["']?)(?:\?|%s|%\(\w+\)s|\$\d+|\[Filtered\])\1""")
 
@@ -437,14 +444,21 @@ class Rules:
         text = value.string_value
         try:
             data = json.loads(text) if text else None
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
-        if data is None:  # not JSON after all: an ordinary value
+        if data is None:  # not JSON after all (or nested past recursion): an ordinary value
             self._value(value, counts)
             return
-        new = self._json(data, counts)
+        try:
+            new = self._json(data, counts)
+        except RecursionError:  # nested too deep to walk: not what the app side writes
+            self._filter(value, FILTER_KEYS, counts)
+            return
         if new != data:
-            value.string_value = json.dumps(new, ensure_ascii=False)
+            # Valid UTF-8 only: an escaped lone surrogate (\udcff) in the JSON must not make
+            # the batch unsendable.
+            encoded = json.dumps(new, ensure_ascii=False)
+            value.string_value = encoded.encode("utf-8", "replace").decode("utf-8")
 
     def _json(self, data: object, counts: list[int]) -> object:
         """Parsed JSON scrubbed: object keys decide as attribute keys do, strings are scanned."""
@@ -552,7 +566,8 @@ class Rules:
             new = _apply(_URL_USERINFO, f"://{FILTERED}@", new, URL_CREDENTIALS, counts)
         pairs = "=" in new or ":" in new
         spaced = " " in new or "\t" in new
-        if pairs or spaced:
+        listed = "," in new
+        if pairs or spaced or listed:
             low = new.lower()
             # Bearer before keys: in "token=Bearer abc" the keys rule would take "Bearer" for
             # the value and leave "abc" to a bearer rule that no longer sees its scheme.
@@ -563,6 +578,8 @@ class Rules:
                 new = _apply(_CREDENTIAL, _replace_credential, new, BEARER, counts)
             if hinted and keys:
                 new = _apply(_KEY_VALUE, _replace_value, new, KEYS, counts)
+            if keys and listed and _any_in(low, _KEY_HINTS):
+                new = _apply(_PAIR, _replace_pair, new, KEYS, counts)
         if card and len(new) >= 13:
             # 13 digits at least; bytes.translate counts them in C, ten times faster than
             # a loop or a regex over the text.
@@ -595,6 +612,10 @@ def _any_in(low: str, hints: tuple[str, ...]) -> bool:
         if hint in low:
             return True
     return False
+
+
+def _replace_pair(match: re.Match[str]) -> str:
+    return f"{match['head']}{FILTERED}{match['vq']}"
 
 
 def _replace_value(match: re.Match[str]) -> str:

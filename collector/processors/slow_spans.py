@@ -3,7 +3,7 @@
 It runs before the sampler, so it sees every span. A SERVER span longer than
 ``threshold_ms`` and a DB client span (one with ``db.system``/``db.system.name``) longer than
 ``db_threshold_ms`` get the attribute ``slow=true`` (a ``slow:true`` tag in Sentry), and the
-sidecar logs the seed's JSON line for each, values scrubbed:
+sidecar logs the slow-request JSON line for each, values scrubbed:
 
     {"event": "slow_request", "path", "method", "duration_ms", "threshold_ms", "user_id",
      "trace_id"}

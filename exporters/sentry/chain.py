@@ -26,6 +26,7 @@ _SOURCES = ("__cause__", "__context__")
 _TEXT_FIELDS = ("filename", "abs_path", "function", "module", "context_line")
 _LINES_FIELDS = ("pre_context", "post_context")
 MAX_CONTEXT_LINES = 10
+MAX_VARS_DEPTH = 10  # the frame's dict, then containers: the zero-code side writes 4 at most
 
 
 class _Unusable(ValueError):
@@ -37,7 +38,7 @@ def exception_values(chain: Any, *, handled: bool | None) -> list[dict[str, Any]
     if not isinstance(chain, str) or len(chain) > MAX_STACKTRACE_CHARS:
         return None
     try:
-        items = json.loads(chain)
+        items = json.loads(chain, parse_constant=_no_constant)
         if not isinstance(items, list) or not items:
             raise _Unusable
         items = items[-MAX_VALUES:]
@@ -94,8 +95,28 @@ def _frame(raw: Any) -> dict[str, Any]:
     if variables is not None:
         if not isinstance(variables, dict):
             raise _Unusable
+        _check_vars(variables)
         frame["vars"] = variables
     return frame
+
+
+def _check_vars(value: Any, depth: int = 0) -> None:
+    """Variables are reprs in containers a few levels deep, as the zero-code side trims them;
+    anything deeper could not be serialised again without recursing as deep."""
+    if depth > MAX_VARS_DEPTH:
+        raise _Unusable
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_vars(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_vars(item, depth + 1)
+    elif not isinstance(value, str | int | float | bool) and value is not None:
+        raise _Unusable
+
+
+def _no_constant(name: str) -> Any:
+    raise _Unusable(name)  # NaN and the infinities: not JSON, and not what the app writes
 
 
 def _text(value: Any) -> str:

@@ -3,8 +3,15 @@ bounded, and never at the cost of the exception itself."""
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import sys
+import traceback
+import tracemalloc
+import weakref
+from array import array
+from collections import OrderedDict, defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +210,182 @@ def test_a_deep_recursion_keeps_the_innermost_frames() -> None:
     frames = value["frames"]
     assert len(frames) == exceptions.MAX_FRAMES
     assert int(frames[-1]["vars"]["n"]) > int(frames[0]["vars"]["n"]) > 0
+
+
+class TestMemory:
+    def test_a_recorded_exception_is_not_kept_alive(self, captured: Captured) -> None:
+        """Its frames' locals (a request's 200 MB body, say) are freed once the app drops it."""
+
+        class Payload:
+            pass
+
+        def fail(payload: Payload) -> None:
+            raise ValueError("x")
+
+        payload = Payload()
+        alive = weakref.ref(payload)
+        with captured.tracer.start_as_current_span("request") as span:
+            error = raised(fail, payload)
+            span.record_exception(error)
+        del payload, error
+        gc.collect()
+        assert alive() is None
+
+    def test_dedupe_still_knows_the_exception_after_it_propagated(self, captured: Captured) -> None:
+        """The span records it in the middleware; the server logs it frames further out."""
+
+        def middleware() -> None:
+            with captured.tracer.start_as_current_span("request"):
+                divide(1, 0)  # recorded by the span as it leaves
+
+        def server() -> None:
+            try:
+                middleware()
+            except ZeroDivisionError as error:
+                logging.getLogger("uvicorn.error").error(
+                    "Exception in ASGI application", exc_info=error
+                )
+
+        server()
+        (record,) = captured.records()
+        assert "exception.type" not in dict(record.attributes or {})
+        another = raised(divide, 1, 0)  # not recorded on a span: logged with its detail
+        logging.getLogger("uvicorn.error").error("failed", exc_info=another)
+        assert "exception.type" in dict(captured.records()[-1].attributes or {})
+
+
+def huge_locals() -> None:
+    """Ten locals of tens of MB between them, each a builtin whose repr grows with its size."""
+    blob = bytearray(2_000_000)
+    queue = deque(range(200_000))  # noqa: F841
+    table = dict.fromkeys(range(200_000))
+    seen = set(range(200_000))
+    frozen = frozenset(seen)  # noqa: F841
+    keys = table.keys()  # noqa: F841
+    numbers = array("q", range(200_000))  # noqa: F841
+    text = "y" * 2_000_000
+    rows = {"ids": list(range(200_000)), "blob": bytes(blob), "long": {"k" * 2000: text}}
+    nested = {"rows": rows}  # noqa: F841
+    view = memoryview(blob)  # noqa: F841
+    raise RuntimeError("x")
+
+
+class TestLargeLocals:
+    def test_the_cost_does_not_grow_with_a_local_s_size(self) -> None:
+        error = raised(huge_locals)
+        tracemalloc.start()
+        try:
+            text = chain_json(error, Detail())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert text is not None and peak < 1_000_000  # the locals take tens of MB
+        variables = json.loads(text)[0]["frames"][-1]["vars"]
+        assert variables["blob"].startswith("bytearray(b'\\x00\\x00")
+        assert variables["queue"].startswith("deque([0, 1, 2, ")
+        assert variables["keys"].startswith("dict_keys([0, 1, 2, ")
+        assert variables["numbers"].startswith("array('q', [0, 1, 2, ")
+        for name in ("blob", "queue", "keys", "numbers"):
+            assert len(variables[name]) == exceptions.MAX_REPR
+            assert variables[name].endswith("...")
+        assert variables["table"] == {str(n): "None" for n in range(10)}
+        assert variables["nested"]["rows"]["ids"].startswith("[0, 1, 2, ")
+        assert len(variables["nested"]["rows"]["ids"]) == exceptions.MAX_REPR
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            [1, "a", (2,), None],
+            (),
+            (1,),
+            {"k": [1, {2: b"x"}]},
+            set(),
+            {1},
+            frozenset(),
+            frozenset({"a"}),
+            deque([1, 2]),
+            deque([1], maxlen=3),
+            {1: 2}.keys(),
+            {1: 2}.values(),
+            {1: 2}.items(),
+            bytearray(b"ab"),
+            array("i", [1, 2]),
+            array("u", "ab"),
+            array("d"),
+            OrderedDict(a=1),
+            OrderedDict(),
+            defaultdict(list, {1: [2]}),
+        ],
+        ids=repr,
+    )
+    def test_small_values_read_as_their_repr(self, value: Any) -> None:
+        assert exceptions._repr(value) == repr(value)
+
+    def test_a_container_holding_itself_reads_as_its_repr(self) -> None:
+        looped: list[Any] = [1]
+        looped.append(looped)
+        table: dict[str, Any] = {}
+        table["me"] = table
+        assert exceptions._repr(looped) == repr(looped)
+        assert exceptions._repr(table) == repr(table)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class TestMessages:
+    def test_lone_surrogates_become_replacement_characters(self, captured: Captured) -> None:
+        """Protobuf refuses them: the message, stacktrace and chain would all be lost."""
+        message = b"bad byte \xff".decode("utf-8", "surrogateescape")
+
+        def fail(name: str) -> None:
+            raise ValueError(message)
+
+        error = raised(fail, message)
+        found = exceptions.exception_attributes(error, Detail())
+        assert all(_is_utf8(text) for text in found.values())
+        assert found["exception.message"] == "bad byte \ufffd"
+        assert "bad byte \ufffd" in found["exception.stacktrace"]
+        assert json.loads(found[CHAIN])[0]["value"] == "bad byte \ufffd"
+        with captured.tracer.start_as_current_span("request") as span:
+            span.record_exception(error)
+        (event,) = captured.spans.get_finished_spans()[0].events
+        recorded = dict(event.attributes or {})
+        assert all(_is_utf8(text) for text in recorded.values() if isinstance(text, str))
+        assert recorded["exception.message"] == "bad byte \ufffd"
+
+    def test_a_huge_message_is_cut(self, captured: Captured) -> None:
+        """A multi-MB message would make the export batch larger than gRPC takes."""
+        error = raised(divide_by_text, "x" * 3_000_000)
+        found = exceptions.exception_attributes(error, Detail())
+        message, stacktrace = found["exception.message"], found["exception.stacktrace"]
+        assert len(message) < 100_000 and len(stacktrace) < 1_000_000
+        assert len(message) == exceptions.MAX_MESSAGE_CHARS and message.endswith("...")
+        assert len(stacktrace) <= exceptions.MAX_STACKTRACE_CHARS and "...\n" in stacktrace
+        assert stacktrace.startswith("Traceback (most recent call last):")
+        assert "divide_by_text" in stacktrace  # the frames stay
+        (value,) = json.loads(found[CHAIN])  # the chain stays, with its frames' variables
+        assert value["value"] == message and "vars" in value["frames"][-1]
+        with captured.tracer.start_as_current_span("request") as span:
+            span.record_exception(error)
+        (event,) = captured.spans.get_finished_spans()[0].events
+        assert event.attributes is not None
+        assert event.attributes["exception.message"] == message
+        assert len(str(event.attributes["exception.stacktrace"])) <= len(stacktrace)
+
+    def test_a_message_within_the_limits_is_whole(self) -> None:
+        error = raised(divide_by_text, "y" * 1000)
+        found = exceptions.exception_attributes(error, Detail())
+        assert found["exception.message"] == "y" * 1000
+        assert found["exception.stacktrace"] == "".join(
+            traceback.format_exception(type(error), error, error.__traceback__)
+        )
+
+
+def divide_by_text(text: str) -> None:
+    raise ValueError(text)

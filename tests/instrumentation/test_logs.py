@@ -3,18 +3,42 @@ with its keys as typed attributes and its exception's frames."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import sys
+import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import structlog
 
+from otel_sidecar.instrumentation import logs
 from otel_sidecar.instrumentation.exceptions import CHAIN
 from tests.instrumentation.conftest import Captured
 
 
 def attributes(record: Any) -> dict[str, Any]:
     return dict(record.attributes or {})
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every string in a body or attribute value, keys included, however nested."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict) or hasattr(value, "items"):
+        for key, item in value.items():
+            yield from strings(key)
+            yield from strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from strings(item)
+
+
+# A file name or header read as surrogateescape'd text: not valid UTF-8, which protobuf refuses.
+UNDECODABLE = b"caf\xff".decode("utf-8", "surrogateescape")
 
 
 class TestStdlib:
@@ -108,6 +132,62 @@ class TestStdlib:
         assert list(found["items"]) == ["a", 1]
         assert dict(found["nested"]) == {"k": (1, 2)}
 
+    def test_lone_surrogates_become_valid_utf8(self, captured: Captured) -> None:
+        """One invalid string would fail the whole export batch, the other records with it."""
+        logger = logging.getLogger("shop.files")
+        logger.setLevel(logging.INFO)
+        extra = {"path": UNDECODABLE, "nested": {"k": [UNDECODABLE]}, UNDECODABLE: 1}
+        logger.error("read %s", UNDECODABLE, extra=extra, exc_info=ValueError(UNDECODABLE))
+        (record,) = captured.records()
+        assert record.body == "read caf\ufffd"
+        found = attributes(record)
+        assert found["path"] == "caf\ufffd" and found["exception.message"] == "caf\ufffd"
+        for text in strings(found):
+            text.encode("utf-8")  # raises on a lone surrogate
+
+    def test_an_extra_key_that_is_not_text_never_breaks_the_app(self, captured: Captured) -> None:
+        logger = logging.getLogger("shop.keys")
+        logger.setLevel(logging.INFO)
+        logger.info("keyed", extra={7: "seven"})
+        assert attributes(captured.records()[0])["7"] == "seven"
+
+    def test_a_huge_body_is_cut_and_says_so(self, captured: Captured) -> None:
+        """A 128-record batch must fit the 4 MiB gRPC message."""
+        logger = logging.getLogger("shop.dump")
+        logger.setLevel(logging.INFO)
+        logger.info("x" * 100_000)
+        logger.info("\u00e9" * 10_000)  # two bytes each: the limit counts bytes
+        first, second = (record.body for record in captured.records())
+        assert first.startswith("x" * 1000)
+        assert first.endswith("[truncated: 100000 characters in all]")
+        assert second.endswith("[truncated: 10000 characters in all]")
+        for body in (first, second):
+            assert len(body.encode("utf-8")) <= logs.MAX_BODY_BYTES
+
+    def test_a_logged_exception_is_not_kept_alive(self, captured: Captured) -> None:
+        """Its frames' locals are freed once the app's frames are done with it, though it is
+        remembered (for sending it once)."""
+
+        class Payload:
+            pass
+
+        logger = logging.getLogger("shop.payments")
+        logger.propagate = False  # pytest's log capture keeps records, with their tracebacks
+
+        def handle(payload: Payload) -> None:
+            try:
+                raise ValueError("x")
+            except ValueError:
+                logger.exception("failed")
+
+        payload = Payload()
+        alive = weakref.ref(payload)
+        handle(payload)
+        del payload
+        gc.collect()
+        assert alive() is None
+        assert len(captured.records()) == 1
+
 
 class TestStructlog:
     def test_default_configuration_sends_each_event_once_with_typed_keys(
@@ -149,6 +229,43 @@ class TestStructlog:
         assert attributes(records[0])["order_id"] == 1
         assert records[0].severity_text == "info"
 
+    def test_an_event_a_stdlib_filter_drops_is_not_sent_and_takes_nothing_with_it(
+        self, captured: Captured
+    ) -> None:
+        """Dropped by the app's filter as a stdlib record would be, and the next record of the
+        same logger and level is still sent."""
+        structlog.configure(
+            processors=[structlog.stdlib.add_log_level, structlog.processors.JSONRenderer()],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+        std = logging.getLogger("shop.health")
+        std.setLevel(logging.INFO)
+
+        def no_healthchecks(record: logging.LogRecord) -> bool:
+            return "healthcheck" not in record.getMessage()
+
+        std.addFilter(no_healthchecks)
+        try:
+            structlog.get_logger("shop.health").info("healthcheck ok")
+            std.info("PAYMENT captured")
+            structlog.get_logger("shop.health").info("refund issued", amount=3)
+        finally:
+            std.removeFilter(no_healthchecks)
+        records = captured.records()
+        assert [r.body for r in records] == ["PAYMENT captured", "refund issued"]
+        assert attributes(records[1])["amount"] == 3
+
+    def test_keys_with_lone_surrogates_become_valid_utf8(self, captured: Captured) -> None:
+        structlog.configure(processors=[structlog.processors.JSONRenderer()])
+        structlog.get_logger().info(UNDECODABLE, name=UNDECODABLE, nested={"a": [UNDECODABLE]})
+        (record,) = captured.records()
+        assert record.body == "caf\ufffd"
+        found = attributes(record)
+        assert found["name"] == "caf\ufffd" and list(dict(found["nested"])["a"]) == ["caf\ufffd"]
+        for text in strings(found):
+            text.encode("utf-8")
+
     def test_events_routed_to_a_processor_formatter_are_sent_once(self, captured: Captured) -> None:
         structlog.configure(
             processors=[
@@ -189,3 +306,82 @@ class TestStructlog:
         structlog.configure(processors=[lambda _logger, _name, event_dict: event_dict["event"]])
         structlog.get_logger().info("odd", value=Unprintable())
         assert attributes(captured.records()[0])["value"] == "<unprintable>"
+
+
+class TestUnhandled:
+    """An exception that ends a thread (or the program) is sent as an unhandled error, once,
+    and the hook the app had still runs."""
+
+    @pytest.fixture
+    def previous(self, monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+        """The app's hooks before ours (pytest's, here, would turn the exception into a
+        warning): they record what reaches them."""
+        seen: list[BaseException | None] = []
+        monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+        monkeypatch.setattr(sys, "excepthook", lambda _kind, value, _tb: seen.append(value))
+        logs.install_excepthooks()
+        return seen
+
+    def test_an_exception_that_ends_a_thread(
+        self, captured: Captured, previous: list[BaseException | None]
+    ) -> None:
+        def work() -> None:
+            raise RuntimeError("worker died")
+
+        thread = threading.Thread(target=work, name="worker-1")
+        thread.start()
+        thread.join()
+        (record,) = captured.records()
+        assert record.severity_number.value == 17 and record.severity_text == "ERROR"
+        found = attributes(record)
+        assert found["exception.type"] == "RuntimeError"
+        assert found["exception.message"] == "worker died"
+        assert found["exception.escaped"] is True  # unhandled
+        assert found["thread.name"] == "worker-1"
+        assert [str(error) for error in previous] == ["worker died"]
+
+    def test_an_exception_that_ends_the_program(
+        self, captured: Captured, previous: list[BaseException | None]
+    ) -> None:
+        try:
+            {}["missing"]
+        except KeyError as error:
+            sys.excepthook(type(error), error, error.__traceback__)
+            # again, from an app's threading hook that hands on to sys.excepthook
+            sys.excepthook(type(error), error, error.__traceback__)
+        (record,) = captured.records()
+        found = attributes(record)
+        assert found["exception.type"] == "KeyError" and found["exception.escaped"] is True
+        assert len(previous) == 2  # the app's hook sees every call
+
+    def test_an_exception_already_sent_is_not_sent_again(
+        self, captured: Captured, previous: list[BaseException | None]
+    ) -> None:
+        """Recorded on the span it escaped, or logged before it was raised again."""
+
+        def work() -> None:
+            with captured.tracer.start_as_current_span("job"):
+                raise RuntimeError("job failed")
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        try:
+            try:
+                raise ValueError("bad input")
+            except ValueError:
+                logging.getLogger("shop.jobs").exception("job input")
+                raise
+        except ValueError as error:
+            sys.excepthook(type(error), error, error.__traceback__)
+        assert [r.body for r in captured.records()] == ["job input"]
+        assert len(previous) == 2
+
+    def test_uninstall_puts_the_apps_hooks_back(
+        self, captured: Captured, previous: list[BaseException | None]
+    ) -> None:
+        logs.uninstall_excepthooks()
+        error = RuntimeError("after uninstall")
+        threading.excepthook(threading.ExceptHookArgs([RuntimeError, error, None, None]))
+        sys.excepthook(RuntimeError, error, None)
+        assert previous == [error, error] and captured.records() == []

@@ -11,11 +11,21 @@ complaints.
 
 **structlog.** A processor placed just before the app's renderer (whatever chain the app
 configures, in every bound logger) emits each event with its keys as typed attributes and its
-``event`` as the body. When structlog hands the event on to a stdlib logger, that logger's
-record is recognised as the same event and not captured again.
+``event`` as the body. When structlog hands the event on to a stdlib logger, the event is
+sent when that logger's record reaches its handlers, in the record's place, so it is sent once.
+When a filter of the app's on that logger drops the record, the event is not sent at all, as a
+stdlib record the filter drops is not: the app said it does not want it.
 
-Both carry the active trace and span ids, the thread, the process id, and for an exception the
-``exception.*`` attributes with the frames (:mod:`otel_sidecar.instrumentation.exceptions`).
+**Unhandled exceptions.** An exception that ends a thread (``threading.excepthook``) or the
+program (``sys.excepthook``) is sent as an ``ERROR`` record with ``exception.escaped`` true,
+unless it was sent already (recorded on the span it escaped, or logged before it was raised
+again). The hooks the app had run after, as before: its output does not change.
+
+All of them carry the active trace and span ids, the thread, the process id, and for an
+exception the ``exception.*`` attributes with the frames
+(:mod:`otel_sidecar.instrumentation.exceptions`). Every string is valid UTF-8 (lone surrogates,
+from ``surrogateescape``d bytes, become U+FFFD: protobuf refuses them, failing the whole export
+batch), and a body is cut at :data:`MAX_BODY_BYTES`.
 """
 
 from __future__ import annotations
@@ -24,18 +34,26 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 from opentelemetry._logs import SeverityNumber, get_logger
 from opentelemetry.context import get_current
 
-from otel_sidecar.instrumentation.exceptions import Detail, already_recorded, exception_attributes
+from otel_sidecar.instrumentation.exceptions import (
+    Detail,
+    ExceptionKey,
+    already_recorded,
+    exception_attributes,
+    exception_key,
+)
 from otel_sidecar.instrumentation.patches import patch, unpatch
 
 _OWN_LOGGERS = ("opentelemetry", "otel_sidecar")
@@ -66,6 +84,12 @@ _STRUCTLOG_LEVELS = {
 }
 _MAX_ITEMS = 100  # per list or dict attribute value
 _INT64 = (-(2**63), 2**63 - 1)
+# The OTLP gRPC exporter sends up to 128 records (the batch size) in one message, which the
+# collector refuses past 4 MiB: 16 KiB bodies leave half of it to attributes (an exception's
+# chain has its own limit). Sentry keeps only the first 8192 characters of a message anyway.
+MAX_BODY_BYTES = 16 * 1024
+_CUT = "… [truncated: {size} characters in all]"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -83,8 +107,27 @@ class Capture:
 
 _capture = Capture()
 _emitting: ContextVar[bool] = ContextVar("otel_sidecar_emitting", default=False)
-# (logger name, level) of the stdlib record structlog is about to hand on: already emitted.
-_handed_on: ContextVar[tuple[str, int] | None] = ContextVar("otel_sidecar_handed_on", default=None)
+# The exception last sent with its attributes, as sentry-sdk's dedupe remembers the last one
+# seen: one logged and raised again is not sent a second time as unhandled. Its key, never the
+# exception: that would keep its frames' variables alive.
+_last_sent: ExceptionKey | None = None
+
+
+@dataclass
+class _HandOff:
+    """One structlog call on a stdlib logger, from its processors to that logger's handlers.
+
+    The event waits here until the stdlib record of its logger name and level reaches the
+    handlers, and is sent then, in the record's place. It lives exactly as long as the call:
+    when a filter drops the record, the event goes with it, and nothing is left over to
+    swallow a later record.
+    """
+
+    waiting_for: tuple[str, int] | None = None  # the record's logger name and level
+    event: tuple[Any, ...] | None = None  # emit's arguments; None when below the capture level
+
+
+_hand_off: ContextVar[_HandOff | None] = ContextVar("otel_sidecar_hand_off", default=None)
 
 
 def install(capture: Capture) -> None:
@@ -92,6 +135,7 @@ def install(capture: Capture) -> None:
     global _capture
     _capture = capture
     patch(logging.Logger, "callHandlers", _call_handlers)
+    install_excepthooks()
     from wrapt import register_post_import_hook
 
     register_post_import_hook(_patch_structlog, "structlog")
@@ -100,9 +144,11 @@ def install(capture: Capture) -> None:
 def uninstall() -> None:
     _logger.cache_clear()
     unpatch(logging.Logger, "callHandlers")
+    uninstall_excepthooks()
     structlog = sys.modules.get("structlog")
     if structlog is not None:
         unpatch(structlog.BoundLoggerBase, "__init__")
+        unpatch(structlog.BoundLoggerBase, "_proxy_to_logger")
 
 
 # --- emitting --------------------------------------------------------------------------------
@@ -118,6 +164,7 @@ def emit(
     time_ns: int,
 ) -> None:
     """One OpenTelemetry log record, in the current trace context. Never raises."""
+    global _last_sent
     if _emitting.get():
         return  # the SDK logging about a record of ours: not a record of the app's
     token = _emitting.set(True)
@@ -127,14 +174,17 @@ def emit(
         attributes["process.pid"] = os.getpid()
         if exception is not None and not already_recorded(exception):
             attributes.update(exception_attributes(exception, _capture.detail))
+            _last_sent = exception_key(exception)
         _logger(scope).emit(
             timestamp=time_ns,
             observed_timestamp=time.time_ns(),
             context=get_current(),
             severity_number=_severity(levelno),
             severity_text=level_name,
-            body=body,
-            attributes=attributes,
+            body=_body(body),
+            # The last step, so that no string of any origin (keys, paths, exception messages,
+            # nested values) escapes it.
+            attributes={_utf8(key): _valid(value) for key, value in attributes.items()},
         )
     except Exception:  # logging must never break the app
         pass
@@ -156,6 +206,44 @@ def _severity(levelno: int) -> SeverityNumber:
     if levelno < logging.DEBUG:
         return SeverityNumber.TRACE
     return SeverityNumber(min(5 + 4 * ((levelno - logging.DEBUG) // 10), 21))
+
+
+def _utf8(text: str) -> str:
+    """The text with lone surrogates as U+FFFD: protobuf refuses invalid UTF-8 and fails the
+    whole export batch, every other record in it too."""
+    if text.isascii():  # most text, and no copy made to find out
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _valid(value: Any) -> Any:
+    """An attribute value (what :func:`attribute` makes) with every string in it valid UTF-8."""
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, Mapping):
+        return {_utf8(str(key)): _valid(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_valid(item) for item in value]
+    return value
+
+
+def _body(text: str) -> str:
+    """Valid UTF-8, at most :data:`MAX_BODY_BYTES` of it, saying where it was cut and how long
+    it was. A huge text is sliced before anything copies it whole."""
+    if len(text) <= MAX_BODY_BYTES // 4:  # no character takes more than 4 bytes
+        return _utf8(text)
+    head = _utf8(text[:MAX_BODY_BYTES])  # a character takes at least 1 byte
+    encoded = head.encode("utf-8")
+    if len(text) <= MAX_BODY_BYTES and len(encoded) <= MAX_BODY_BYTES:
+        return head
+    mark = _CUT.format(size=len(text))
+    keep = MAX_BODY_BYTES - len(mark.encode("utf-8"))
+    # A character the cut splits is dropped whole ("ignore" on its leftover bytes).
+    return encoded[:keep].decode("utf-8", "ignore") + mark
 
 
 def attribute(value: Any, depth: int = 3) -> Any:
@@ -181,21 +269,30 @@ def attribute(value: Any, depth: int = 3) -> Any:
 def _call_handlers(original: Any) -> Any:
     def callHandlers(self: logging.Logger, record: logging.LogRecord) -> None:
         original(self, record)
-        capture_record(record)
+        with contextlib.suppress(Exception):  # logging must never break the app
+            capture_record(record)
 
     return callHandlers
 
 
+def _captures(logger_name: str, levelno: int) -> bool:
+    """Whether a record of this logger and level reaching its handlers is sent."""
+    return levelno >= _capture.threshold(logger_name) and not logger_name.startswith(_OWN_LOGGERS)
+
+
 def capture_record(record: logging.LogRecord) -> None:
-    if record.levelno < _capture.threshold(record.name) or record.name.startswith(_OWN_LOGGERS):
+    if not _captures(record.name, record.levelno):
         return
-    if _handed_on.get() == (record.name, record.levelno):
-        _handed_on.set(None)
-        return  # structlog's event, emitted with its keys before it reached this logger
+    hand_off = _hand_off.get()
+    if hand_off is not None and hand_off.waiting_for == (record.name, record.levelno):
+        hand_off.waiting_for = None  # only this record: a second one is the app's own
+        if hand_off.event is not None:
+            emit(*hand_off.event)  # structlog's event, with its keys, in this record's place
+        return
     attributes = {
-        key: attribute(value)
+        str(key): attribute(value)  # extra= takes keys of any type
         for key, value in vars(record).items()
-        if key not in _RECORD_FIELDS and not key.startswith("_") and value is not None
+        if key not in _RECORD_FIELDS and not str(key).startswith("_") and value is not None
     }
     attributes["code.file.path"] = record.pathname
     attributes["code.function.name"] = record.funcName
@@ -231,7 +328,20 @@ def _patch_structlog(structlog: Any) -> None:
 
         return __init__
 
+    def proxy_to_logger(original: Any) -> Any:
+        # Every wrapper class hands its events on through here (stdlib's BoundLogger by
+        # super()): the processors run, then the wrapped logger's method.
+        def _proxy_to_logger(self: Any, *args: Any, **kwargs: Any) -> Any:
+            token = _hand_off.set(_HandOff())
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                _hand_off.reset(token)  # whatever happened to the event: it ends here
+
+        return _proxy_to_logger
+
     patch(structlog.BoundLoggerBase, "__init__", bound_logger_init)
+    patch(structlog.BoundLoggerBase, "_proxy_to_logger", proxy_to_logger)
 
 
 def with_capture(processors: Any) -> Any:
@@ -252,14 +362,27 @@ def structlog_processor(logger: Any, method_name: str, event_dict: Any) -> Any:
 def _capture_event(logger: Any, method_name: str, event_dict: Mapping[str, Any]) -> None:
     level_name = str(event_dict.get("level") or method_name).lower()
     levelno = _STRUCTLOG_LEVELS.get(level_name, logging.INFO)
-    if isinstance(logger, logging.Logger):
-        if logger.disabled or not logger.isEnabledFor(levelno):
-            return  # the app's stdlib levels say no
-        if levelno >= _capture.threshold(logger.name):
-            _handed_on.set((logger.name, levelno))
+    stdlib = isinstance(logger, logging.Logger)
+    if stdlib and (logger.disabled or not logger.isEnabledFor(levelno)):
+        return  # the app's stdlib levels say no
     scope = str(event_dict.get("logger") or getattr(logger, "name", "") or "structlog")
+    event = _structlog_event(scope, levelno, level_name, event_dict)
+    # When the stdlib record it becomes will be captured, the event waits for that record (and
+    # goes if it never comes). No hand-off under way: structlog is not patched (uninstalled),
+    # and neither is capture.
+    hand_off = _hand_off.get() if stdlib and _captures(logger.name, levelno) else None
+    if hand_off is not None:
+        hand_off.waiting_for, hand_off.event = (logger.name, levelno), event
+    elif event is not None:
+        emit(*event)
+
+
+def _structlog_event(
+    scope: str, levelno: int, level_name: str, event_dict: Mapping[str, Any]
+) -> tuple[Any, ...] | None:
+    """``emit``'s arguments for the event, or None when its level is below the capture level."""
     if levelno < _capture.threshold(scope):
-        return
+        return None
     exception = _structlog_exception(event_dict)
     attributes = {
         str(key): attribute(value)
@@ -269,7 +392,7 @@ def _capture_event(logger: Any, method_name: str, event_dict: Mapping[str, Any])
     if exception is not None:
         attributes.pop("exception", None)  # its text, already rendered: exception.* replace it
     body = str(event_dict.get("event", ""))
-    emit(scope, levelno, level_name, body, attributes, exception, time.time_ns())
+    return (scope, levelno, level_name, body, attributes, exception, time.time_ns())
 
 
 def _structlog_exception(event_dict: Mapping[str, Any]) -> BaseException | None:
@@ -286,3 +409,53 @@ def _structlog_exception(event_dict: Mapping[str, Any]) -> BaseException | None:
     if isinstance(rendered, list) and rendered and isinstance(rendered[0], dict):
         return sys.exc_info()[1]
     return None
+
+
+# --- unhandled exceptions ---------------------------------------------------------------------
+
+
+def install_excepthooks() -> None:
+    """Send what ends a thread or the program, before the hooks the app had (which still run)."""
+    patch(threading, "excepthook", _threading_excepthook)
+    patch(sys, "excepthook", _sys_excepthook)
+
+
+def uninstall_excepthooks() -> None:
+    unpatch(threading, "excepthook")
+    unpatch(sys, "excepthook")
+
+
+def _threading_excepthook(original: Any) -> Any:
+    def excepthook(args: Any) -> None:
+        with contextlib.suppress(Exception):  # the app's hook runs whatever happens here
+            thread = args.thread or threading.current_thread()
+            body = f"Unhandled exception in thread {thread.name}"
+            capture_unhandled(args.exc_value, "threading", body)
+        original(args)
+
+    return excepthook
+
+
+def _sys_excepthook(original: Any) -> Any:
+    def excepthook(
+        kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+    ) -> None:
+        with contextlib.suppress(Exception):  # the app's hook runs whatever happens here
+            capture_unhandled(value, "sys", "Unhandled exception")
+        original(kind, value, traceback)
+
+    return excepthook
+
+
+def capture_unhandled(exception: BaseException | None, scope: str, body: str) -> None:
+    """An ``ERROR`` record for an exception nothing caught, under the scope of the hook that
+    saw it: ``exception.escaped`` true, as the SDK marks one that escaped a span."""
+    # SystemExit and Ctrl-C end a program on purpose (threading's own hook ignores the first).
+    if exception is None or isinstance(exception, (SystemExit, KeyboardInterrupt)):
+        return
+    if exception_key(exception) == _last_sent or already_recorded(exception):
+        return  # sent already, logged or on its span: once per exception
+    if _capture.threshold(scope) > logging.ERROR:
+        return
+    attributes: dict[str, Any] = {"exception.escaped": True}
+    emit(scope, logging.ERROR, "ERROR", body, attributes, exception, time.time_ns())
