@@ -8,7 +8,9 @@ kept at any higher rate.
 Errors are not sampled away: the sampler moves the error spans of dropped traces into
 ResourceSpans of their own, marked with the resource attribute :data:`ERRORS_ONLY`. Only
 exporters that declare ``accepts_unsampled_errors`` (Sentry's error path) receive them; the
-fan-out removes them for every other exporter.
+fan-out removes them for every other exporter. The same path carries, as the resource attribute
+:data:`UNSAMPLED_SESSIONS` of a ResourceSpans with no spans, how many requests (SERVER spans)
+of dropped traces ended well, per minute: Sentry's release health counts every request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 RANDOMNESS_BITS = 56
 SCALE = 1 << RANDOMNESS_BITS
 ERRORS_ONLY = "otel_sidecar.unsampled_errors"
+UNSAMPLED_SESSIONS = "otel_sidecar.unsampled_sessions"  # {"<minute, Unix s>": requests}
+MARKERS = frozenset({ERRORS_ONLY, UNSAMPLED_SESSIONS})
 
 
 def threshold(rate: float) -> int:

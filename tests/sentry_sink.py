@@ -1,4 +1,4 @@
-"""A capturing Sentry server for tests: a real HTTP server on 127.0.0.1 that un-gzips and parses
+"""A capturing Sentry server for tests: a real HTTP server on 127.0.0.1 that decompresses and parses
 envelopes with ``sentry_sdk.envelope.Envelope``, answers what the test scripts (429s, 413s,
 500s), and has Sentry Relay's own normaliser referee every event it receives.
 """
@@ -105,8 +105,13 @@ class SentrySink(ThreadedServer):
 
     async def _envelope(self, request: web.Request) -> web.Response:
         body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
+        encoding = request.headers.get("Content-Encoding")
+        if encoding == "gzip":
             body = gzip.decompress(body)
+        elif encoding == "br":  # sentry-sdk's choice when brotli is installed
+            import brotli
+
+            body = brotli.decompress(body)
         envelope = Envelope.deserialize(body)
         status, headers = self.answers.popleft() if self.answers else (200, {})
         self.received.append(Received(request.path, dict(request.headers), envelope, status))

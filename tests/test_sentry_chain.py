@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from exporters.sentry import chain, mapping
-from exporters.sentry.records import SERVER, Event
+from exporters.sentry.records import SERVER, Event, LogRecord
 from tests.test_sentry_mapping import span
 
 FRAME = {
@@ -59,6 +59,10 @@ def test_a_sound_chain_becomes_sentrys_values() -> None:
         json.dumps([{"type": "E", "frames": [{**FRAME, "pre_context": "x"}]}]),
         json.dumps([{"type": "E", "frames": [{**FRAME, "function": 7}]}]),
         json.dumps([{"type": 1}]),
+        '[{"type": "E", "frames": [{"vars": {"x": NaN}}]}]',  # not JSON; not written by the app
+        json.dumps([{"type": "E", "frames": [{"vars": {"x": "[" * 20}}]}]).replace(
+            '"' + "[" * 20 + '"', "[" * 20 + "]" * 20
+        ),  # deeper than the app side trims
         "[" * 100_000 + "]" * 100_000,
         "x" * 2_000_000,
         None,
@@ -108,7 +112,9 @@ def test_variables_are_filtered_as_sentry_would() -> None:
 @pytest.mark.parametrize(
     ("escaped", "status", "handled"),
     [
-        ("False", 0, True),  # recorded and caught (capture_exception)
+        ("False", 0, True),  # recorded and caught (capture_exception); the SDK's text
+        (False, 0, True),  # a bool, as other SDKs write it
+        ("false", 0, True),
         ("True", 0, False),
         (True, 0, False),
         ("False", 2, False),  # it failed its span: it escaped, whatever the SDK wrote
@@ -123,3 +129,14 @@ def test_handled_unless_it_escaped(escaped: Any, status: int, handled: bool | No
         mapping.Defaults("", "", "1"),
     )  # fmt: skip
     assert event["exception"]["values"][-1]["mechanism"].get("handled") is handled
+
+
+@pytest.mark.parametrize(("escaped", "handled"), [(None, True), ("True", False), (True, False)])
+def test_an_exception_log_is_handled_unless_it_escaped(escaped: Any, handled: bool) -> None:
+    """A logged exception was caught; one the app's excepthook reports escaped."""
+    attributes = {"exception.type": "E", "exception.message": "m"}
+    if escaped is not None:
+        attributes["exception.escaped"] = escaped
+    record = LogRecord(None, None, 1, 17, "ERROR", "boom", attributes, {}, "threading")
+    event = mapping.error_from_log(record, None, None, [], mapping.Defaults("", "", "0.1"))
+    assert event["exception"]["values"][-1]["mechanism"]["handled"] is handled

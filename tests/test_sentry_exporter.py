@@ -169,7 +169,7 @@ def test_transaction_with_its_spans_request_user_tags(sink: SentrySink, tmp_path
         assert sidecar.stop() == 0
     (event,) = sink.events("transaction")
     trace_id = f"{server.get_span_context().trace_id:032x}"
-    assert event["transaction"] == "GET /items/{item_id}"
+    assert event["transaction"] == "/items/{item_id}"
     assert event["transaction_info"] == {"source": "route"}
     assert event["contexts"]["trace"]["trace_id"] == trace_id
     assert event["contexts"]["trace"]["op"] == "http.server"
@@ -183,7 +183,7 @@ def test_transaction_with_its_spans_request_user_tags(sink: SentrySink, tmp_path
     ]
     assert event["request"]["method"] == "GET"
     assert event["request"]["url"] == "https://shop.example/items/7"
-    assert event["request"]["query_string"] == "token=[Filtered]&page=2"
+    assert event["request"]["query_string"] == [["token", "[Filtered]"], ["page", "2"]]
     assert "authorization" not in event["request"]["headers"]
     assert event["user"] == {"id": "user-7"}
     assert event["tags"]["feature"] == "checkout"
@@ -208,7 +208,7 @@ def test_transaction_with_its_spans_request_user_tags(sink: SentrySink, tmp_path
     assert header["trace"]["sample_rate"] == "1.0"
     assert header["trace"]["sampled"] == "true"
     assert float(header["trace"]["sample_rand"]) < 1.0
-    assert header["trace"]["transaction"] == "GET /items/{item_id}"
+    assert header["trace"]["transaction"] == "/items/{item_id}"
 
     (log,) = sink.logs()
     assert log["body"] == "item loaded"
@@ -235,7 +235,7 @@ def test_error_event_has_frames_request_and_breadcrumbs(sink: SentrySink, tmp_pa
     assert frames[-1]["in_app"] is True
     assert frames[-1]["abs_path"] == __file__
     assert frames[-1]["context_line"] == "raise LookupError(message)"
-    assert error["transaction"] == "GET /items/{item_id}"
+    assert error["transaction"] == "/items/{item_id}"
     assert error["contexts"]["trace"]["span_id"] == f"{server.get_span_context().span_id:016x}"
     assert error["request"]["method"] == "GET"
     assert error["user"] == {"id": "user-7"}
@@ -294,7 +294,7 @@ def test_exception_logs_become_errors_once(sink: SentrySink, tmp_path: Path) -> 
         assert sidecar.stop() == 0
     errors = sorted(sink.events("event"), key=lambda e: e["exception"]["values"][-1]["type"])
     assert [e["exception"]["values"][-1]["type"] for e in errors] == ["LookupError", "ValueError"]
-    assert errors[0]["transaction"] == "GET /pay"
+    assert errors[0]["transaction"] == "/pay"
     assert errors[1]["logger"] == "shop.api"
     assert {log["level"] for log in sink.logs()} == {"error"}
 

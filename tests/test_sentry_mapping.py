@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from exporters.sentry import mapping
-from exporters.sentry.records import CLIENT, CONSUMER, SERVER, LogRecord, SpanRecord
+from exporters.sentry.records import CLIENT, CONSUMER, SERVER, Event, LogRecord, SpanRecord
 
 INTERNAL = 1
 
@@ -107,10 +107,12 @@ def test_status(record: SpanRecord, status: str | None) -> None:
     assert mapping.span_status(record) == status
 
 
-def test_transaction_name_from_route_else_span_name() -> None:
-    assert mapping.transaction_name(
-        span(SERVER, http__request__method="GET", http__route="/a/{b}")
-    ) == ("GET /a/{b}", "route")
+def test_transaction_name_as_sentry_sdks_fastapi_integration_names_it() -> None:
+    segment = span(SERVER, http__request__method="GET", http__route="/a/{b}")
+    assert mapping.transaction_name(segment) == ("/a/{b}", "route")
+    assert mapping.transaction_name(segment, "method_route") == ("GET /a/{b}", "route")
+    old = span(SERVER, http__method="GET", http__route="/a/{b}")  # old semantic conventions
+    assert mapping.transaction_name(old, "method_route") == ("GET /a/{b}", "route")
     assert mapping.transaction_name(span(SERVER)) == ("span name", "custom")
 
 
@@ -156,17 +158,6 @@ def test_structured_log_body_keys_become_attributes() -> None:
     assert item["timestamp"] == 1.0
 
 
-def test_fingerprint_groups_by_in_app_code_not_message() -> None:
-    frames = [
-        {"filename": "app/x.py", "function": "f", "in_app": True, "lineno": 3},
-        {"filename": "lib/y.py", "function": "g", "in_app": False, "lineno": 9},
-    ]
-    one = [{"type": "E", "value": "a 1", "stacktrace": {"frames": frames}}]
-    two = [{"type": "E", "value": "b 2", "stacktrace": {"frames": frames}}]
-    assert mapping.fingerprint(one) == mapping.fingerprint(two) == ["", "E", "app/x.py:f"]
-    assert mapping.fingerprint([{"type": "E", "value": "v"}]) == ["{{ default }}"]
-
-
 def test_request_header_names_as_http_writes_them() -> None:
     """The instrumentations write ``http.request.header.user_agent``; Sentry shows
     ``User-Agent``, as sentry-sdk sends it."""
@@ -186,3 +177,92 @@ def test_an_exception_log_item_leaves_the_frames_to_its_error_event() -> None:
     item = mapping.log_item(record, mapping.Defaults("", "", "1"))
     assert "otel_sidecar.exception.chain" not in item["attributes"]
     assert item["attributes"]["exception.type"] == {"value": "E", "type": "string"}
+
+
+RESOURCE = {
+    "service.name": "api",
+    "process.runtime.name": "cpython",
+    "process.runtime.version": "3.11.7",
+    "process.runtime.description": "3.11.7 (main) [GCC 12]",
+    "os.type": "linux",
+    "os.version": "6.1.0",
+    "os.description": "Linux-6.1.0-x86_64",
+    "host.name": "api-7d9f-x2",
+}
+
+
+def test_runtime_os_server_name_and_response_as_sentry_sdk_sends_them() -> None:
+    segment = span(SERVER, http__request__method="GET", http__response__status_code=404)
+    segment.resource = RESOURCE
+    event = mapping.transaction(segment, [], mapping.Defaults("", "", "0.1"))
+    assert event["contexts"]["runtime"] == {
+        "name": "CPython", "version": "3.11.7", "build": "3.11.7 (main) [GCC 12]",
+    }  # fmt: skip
+    assert event["contexts"]["os"] == {
+        "name": "Linux", "version": "6.1.0", "raw_description": "Linux-6.1.0-x86_64",
+    }  # fmt: skip
+    assert event["server_name"] == "api-7d9f-x2"
+    assert event["contexts"]["response"] == {"status_code": 404}
+    # The span's attributes once, as the trace context's data; the resource beside them.
+    assert event["contexts"]["otel"] == {"resource": RESOURCE}
+    assert event["contexts"]["trace"]["data"]["http.response.status_code"] == 404
+
+
+def test_an_apps_own_context_named_runtime_is_kept() -> None:
+    segment = span(SERVER, **{"sentry.context.runtime.name": "worker"})
+    segment.resource = RESOURCE
+    event = mapping.transaction(segment, [], mapping.Defaults("", "", "0.1"))
+    assert event["contexts"]["runtime"] == {"name": "worker"}
+
+
+def test_error_events_have_no_fingerprint_so_sentry_groups_on_frames() -> None:
+    failing = span(SERVER, http__request__method="GET")
+    event = mapping.error_from_span_event(
+        failing, Event("exception", 1, {"exception.type": "E"}), failing, [],
+        mapping.Defaults("", "", "0.1"),
+    )  # fmt: skip
+    assert "fingerprint" not in event
+
+
+@pytest.mark.parametrize(
+    ("value", "safe"),
+    [
+        ("https://api.x/v1?api_key=S&page=2",
+         {"url": "https://api.x/v1", "query": {"api_key": "[Filtered]", "page": "2"}}),
+        ("https://api.x/v1?q=1&token=[Filtered]",
+         {"url": "https://api.x/v1", "query": {"q": "1", "token": "[Filtered]"}}),
+        ("page=2&password=S", {"query": {"page": "2", "password": "[Filtered]"}}),
+        ("https://api.x/v1?page=2", "https://api.x/v1?page=2"),  # nothing to filter
+        ("https://u:secret@api.x/v1?api_key=S", "[Filtered]"),  # sensitive outside the query
+        ("my api_key=S is here", "[Filtered]"),  # not a URL: the whole value, as Sentry would
+    ],
+)  # fmt: skip
+def test_a_url_is_filtered_one_query_value_at_a_time(value: str, safe: Any) -> None:
+    assert mapping.sentry_safe({"url.full": value}) == {"url.full": safe}
+
+
+def test_request_query_string_leaves_as_pairs_with_credentials_filtered() -> None:
+    segment = span(SERVER, http__request__method="GET", url__path="/a",
+                   url__query="page=2&api_key=S&q=a%20b")  # fmt: skip
+    request = mapping.transaction(segment, [], mapping.Defaults("", "", "0.1"))["request"]
+    assert request["query_string"] == [["page", "2"], ["api_key", "[Filtered]"], ["q", "a b"]]
+
+
+def test_log_breadcrumbs_carry_the_apps_keys_as_data() -> None:
+    body = {"event": "quota_low", "remaining": 3}
+    attributes = {"user_id": 7, "code.function.name": "f", "thread.id": 1}
+    record = LogRecord("a" * 32, "b" * 16, 5, 13, "warning", body, attributes, {}, "app")
+    (crumb,) = mapping.breadcrumbs([], [record], before_ns=10)
+    assert crumb["message"] == "quota_low" and crumb["level"] == "warning"
+    assert crumb["data"] == {"remaining": 3, "user_id": 7}
+
+
+def test_log_items_carry_what_sentry_sdk_gives_its_own() -> None:
+    record = LogRecord(None, None, 1, 13, "WARNING", "low", {"thread.name": "T"}, RESOURCE, "a")
+    attributes = mapping.log_item(record, mapping.Defaults("", "", "0.1"))["attributes"]
+    values = {key: attribute["value"] for key, attribute in attributes.items()}
+    assert values["sentry.severity_text"] == "warn"  # lower-case, as sentry-sdk's
+    assert values["server.address"] == "api-7d9f-x2"
+    assert values["process.runtime.name"] == "CPython"
+    assert values["process.runtime.version"] == "3.11.7"
+    assert values["thread.name"] == "T"

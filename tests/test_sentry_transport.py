@@ -4,6 +4,7 @@ orphans, rate limits per category, 429 without headers, 413, 500-then-200, clien
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -126,9 +127,9 @@ def test_segment_assembled_across_batches(sink: SentrySink) -> None:
         await exporter.consume(batch(late_child))  # within transaction_wait of the root
         await until(lambda: sink.events("transaction"))
 
-    run(sink, scenario, transaction_wait=Duration(0.3))
+    run(sink, scenario, transaction_wait=Duration(0.3), transaction_style="method_route")
     (event,) = sink.events("transaction")
-    assert event["transaction"] == "GET /cart"
+    assert event["transaction"] == "GET /cart"  # the style chosen
     assert sorted(s["description"] for s in event["spans"]) == ["SELECT 1", "audit", "render"]
     by_id = {s["span_id"]: s for s in event["spans"]}
     assert by_id[late_child.span_id.hex()]["parent_span_id"] == internal.span_id.hex()
@@ -362,3 +363,46 @@ def test_retry_after_is_bounded(sink: SentrySink) -> None:
         "error": 70.0,
         "transaction": 70.0,
     }
+
+
+def test_an_exception_escaping_nested_spans_is_one_error(sink: SentrySink) -> None:
+    """Recorded on the HTTP client span, then again on the request's: one error event, from
+    the outermost record. The same error on two sibling spans is two errors."""
+    trace = Trace()
+    root = trace.span("GET /cart", kind=Span.SPAN_KIND_SERVER, error=True)
+    client = trace.span("GET pricing", root, Span.SPAN_KIND_CLIENT, error=True)
+    connect = trace.span("connect", client, error=True)
+    siblings = Trace()
+    job = siblings.span("job", kind=Span.SPAN_KIND_SERVER)
+    retries = [siblings.span("attempt", job, error=True) for _ in range(2)]
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(connect, client, root, *retries, job))
+        await until(lambda: len(sink.events()) >= 3)
+        await asyncio.sleep(0.3)  # nothing more comes
+
+    run(sink, scenario)
+    errors = sink.events()
+    assert sorted(e["contexts"]["trace"]["span_id"] for e in errors) == sorted(
+        [root.span_id.hex(), *(r.span_id.hex() for r in retries)]
+    )
+
+
+def test_an_oversized_error_sheds_its_variables_and_still_leaves(sink: SentrySink) -> None:
+    """Sentry refuses events over 1 MiB: 300,000 CJK characters in variables are 1.8 MB as
+    JSON; the event leaves without them, frames intact."""
+    frame = {"function": "f", "filename": "app.py", "lineno": 3, "in_app": True,
+             "context_line": "    boom()", "vars": {"text": "字" * 300_000}}  # fmt: skip
+    chain = json.dumps([{"type": "E", "value": "v", "frames": [frame]}], ensure_ascii=False)
+    trace = Trace()
+    root = trace.span("GET /x", kind=Span.SPAN_KIND_SERVER, error=True)
+    root.events[0].attributes.add(key="otel_sidecar.exception.chain").value.string_value = chain
+
+    async def scenario(exporter: SentryExporter) -> None:
+        await exporter.consume(batch(root))
+        await until(lambda: sink.events())
+
+    run(sink, scenario)
+    (error,) = sink.events()
+    (sent,) = error["exception"]["values"][-1]["stacktrace"]["frames"]
+    assert sent["context_line"] == "    boom()" and "vars" not in sent

@@ -3,11 +3,13 @@
 The decision needs nothing but the trace id (see :mod:`collector.sampling`), so it is made
 before any attribute is read. Error spans of dropped traces (an ``exception`` event or status
 ERROR) are not lost: they move to ResourceSpans marked errors-only, which reach only the
-exporters with an error path. Counted: kept and dropped spans.
+exporters with an error path, and so does the count of the dropped traces' other requests (for
+release health). Counted: kept and dropped spans.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -21,6 +23,7 @@ from collector.signals import Signal
 from collector.telemetry import DROPPED, SAMPLED
 
 _ERROR = Status.STATUS_CODE_ERROR
+_SERVER = Span.SPAN_KIND_SERVER
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ class Sampler:
                 if failed_traces:
                     failed = [s for s in lost if s.trace_id in failed_traces]
                     errors.append(_errors_only(resource_spans, scope_spans, failed))
+                requests = _healthy_requests(lost, failed_traces)
+                if requests:
+                    errors.append(_unsampled_sessions(resource_spans, requests))
                 kept += len(spans) - len(lost)
                 dropped += len(lost)
                 _delete_dropped(scope_spans.spans, keeps)
@@ -103,6 +109,27 @@ def _error_traces(spans: list[Span]) -> set[bytes]:
                     failed.add(trace_id)
                     break
     return failed
+
+
+def _healthy_requests(spans: list[Span], failed_traces: set[bytes]) -> Counter[int]:
+    """Per minute, the SERVER spans among ``spans`` whose trace did not fail here (those that
+    did reach the error path themselves)."""
+    minutes: Counter[int] = Counter()
+    for span in spans:
+        if span.kind == _SERVER and span.trace_id not in failed_traces:
+            seconds = span.start_time_unix_nano // 1_000_000_000
+            minutes[seconds - seconds % 60] += 1
+    return minutes
+
+
+def _unsampled_sessions(resource_spans: ResourceSpans, requests: Counter[int]) -> ResourceSpans:
+    marked = ResourceSpans(schema_url=resource_spans.schema_url)
+    marked.resource.CopyFrom(resource_spans.resource)
+    marked.resource.attributes.add(key=sampling.ERRORS_ONLY).value.bool_value = True
+    counts = marked.resource.attributes.add(key=sampling.UNSAMPLED_SESSIONS).value.kvlist_value
+    for minute, count in sorted(requests.items()):
+        counts.values.add(key=str(minute)).value.int_value = count
+    return marked
 
 
 def _delete_dropped(spans: RepeatedCompositeFieldContainer[Span], keeps: list[bool]) -> None:

@@ -19,7 +19,9 @@ from collector.sampling import sample_rand
 MAX_LOGS_PER_ITEM = 100
 LOG_CONTENT_TYPE = "application/vnd.sentry.items.log+json"
 # Envelope item type -> the data category Sentry rate-limits and reports on.
-_CATEGORIES = {"event": "error", "transaction": "transaction", "log": "log_item"}
+_CATEGORIES = {
+    "event": "error", "transaction": "transaction", "log": "log_item", "sessions": "session",
+}  # fmt: skip
 
 
 def category(item: Item) -> str:

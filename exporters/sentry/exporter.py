@@ -8,6 +8,9 @@ trace's segment when it has one (for its request, user and breadcrumbs). An exce
 both as a span event and as a log (FastAPI does both) gives one error event.
 
 ``consume`` never waits for the network: envelopes go to the transport's bounded queue.
+Every SERVER span is also counted for release health (:mod:`sessions`), sent as ``sessions``
+aggregates every ``sessions_interval``.
+
 With an empty ``dsn`` the exporter is ``disabled``: it takes batches and sends nothing.
 """
 
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from sentry_sdk.utils import BadDsn, Dsn
 
 from collector import __version__
@@ -26,12 +30,21 @@ from collector.signals import Batch, signal_of
 from collector.telemetry import DROPPED, log
 from exporters.retry import QueueSettings, RetrySettings
 from exporters.sentry import envelope, mapping
-from exporters.sentry.records import LogRecord, SpanRecord, logs_of, spans_of
+from exporters.sentry.records import (
+    Event,
+    LogRecord,
+    SpanRecord,
+    logs_of,
+    spans_of,
+    unsampled_sessions_of,
+)  # fmt: skip
 from exporters.sentry.segments import Group, TraceBuffer
+from exporters.sentry.sessions import Sessions
 from exporters.sentry.transport import SentryTransport
 
 _TICK_S = 0.25
 MAX_SPANS_PER_TRANSACTION = 1000
+MAX_EVENT_BYTES = 1_000_000  # Sentry's limit is 1 MiB, uncompressed
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,13 @@ class SentrySettings:
     dsn: str = setting("", secret=True)
     environment: str = ""
     release: str = ""
+    # "route": /items/{item_id}, as sentry-sdk's FastAPI integration names transactions;
+    # "method_route": GET /items/{item_id}.
+    transaction_style: str = setting("route", choices=mapping.TRANSACTION_STYLES)
     # A segment leaves this long after its segment span arrived (late children join it).
     transaction_wait: Duration = setting(Duration(2), minimum=0, maximum=300)
+    # Release health: how often the requests counted so far leave as ``sessions`` aggregates.
+    sessions_interval: Duration = setting(Duration(60), minimum=0.1, maximum=3600)
     # Spans whose segment never arrives leave this long after their trace's last span.
     max_trace_wait: Duration = setting(Duration(30), minimum=0.1, maximum=3600)
     max_traces: int = setting(10_000, minimum=1, maximum=1_000_000)
@@ -74,11 +92,15 @@ class SentryExporter:
         self.settings = settings
         self.sample_rate = 1.0  # the traces pipeline's sampler rate, set by the pipeline
         self.enabled = bool(settings.dsn)
-        self._defaults = mapping.Defaults(settings.environment, settings.release, __version__)
+        self._defaults = mapping.Defaults(
+            settings.environment, settings.release, __version__, settings.transaction_style
+        )
         self._buffer = TraceBuffer(
             settings.transaction_wait, settings.max_trace_wait,
             settings.max_traces, settings.max_buffered_spans,
         )  # fmt: skip
+        self._sessions = Sessions()
+        self._sessions_due = 0.0
         self._transport: SentryTransport | None = None
         self._public_key = ""
         self._tick: asyncio.Task[None] | None = None
@@ -111,6 +133,7 @@ class SentryExporter:
             self._tick = None
         if self._transport is not None:
             self._emit(self._buffer.flush_all())
+            self._send_sessions()
             await self._transport.shutdown()
             self._transport = None
 
@@ -119,7 +142,9 @@ class SentryExporter:
             return
         now = time.monotonic()
         if signal_of(batch).value == "traces":
-            self._emit(self._buffer.add_spans(spans_of(batch), now))  # type: ignore[arg-type]
+            spans = list(spans_of(batch))  # type: ignore[arg-type]
+            self._count_sessions(spans, batch)  # type: ignore[arg-type]
+            self._emit(self._buffer.add_spans(spans, now))
         else:
             self._take_logs(list(logs_of(batch)), now)  # type: ignore[arg-type]
 
@@ -127,11 +152,34 @@ class SentryExporter:
         while True:
             await asyncio.sleep(_TICK_S)
             try:
-                self._emit(self._buffer.due(time.monotonic()))
+                now = time.monotonic()
+                self._emit(self._buffer.due(now))
+                if now >= self._sessions_due:
+                    self._sessions_due = now + self.settings.sessions_interval
+                    self._send_sessions()
                 assert self._transport is not None
                 self._transport.report_if_due()
             except Exception as error:  # a bug must not stop every later transaction
                 log.error("sentry_tick_failed", exporter=self.name, error=type(error).__name__)
+
+    # --- release health ----------------------------------------------------------------------
+
+    def _count_sessions(self, spans: list[SpanRecord], batch: ExportTraceServiceRequest) -> None:
+        self._sessions.requests(spans, self._release_environment)
+        for resource, minutes in unsampled_sessions_of(batch):
+            release, environment = self._release_environment(resource)
+            if release:
+                for minute, count in minutes.items():
+                    self._sessions.add((minute, release, environment), "exited", count)
+
+    def _release_environment(self, resource: dict[str, Any]) -> tuple[str, str]:
+        environment, release = self._defaults.environment_release(resource)
+        return str(release or ""), str(environment or "")
+
+    def _send_sessions(self) -> None:
+        items = self._sessions.take()
+        if items:
+            self._submit(envelope.Outgoing({"dsn": self.settings.dsn}, items))
 
     # --- logs --------------------------------------------------------------------------------
 
@@ -153,8 +201,7 @@ class SentryExporter:
         for group in groups:
             try:
                 for event in self._events(group):
-                    trace = self._trace_header(event)
-                    self._submit(envelope.event_envelope(event, self.settings.dsn, trace))
+                    self._submit_event(event)
             except Exception as error:  # one malformed trace must not stop the others
                 DROPPED.labels(self.name, "error", "internal_error").inc()
                 log.error("sentry_event_failed", exporter=self.name, error=type(error).__name__)
@@ -169,15 +216,12 @@ class SentryExporter:
         if segment is not None and segment.sampled and not group.late:
             events.append(self._transaction(segment, spans[1:]))
         seen: set[tuple[str | None, str, str]] = set()
-        for span in spans:
-            for event in span.events:
-                if event.name != "exception":
-                    continue
-                seen.add(_exception_key(span.span_id, event.attributes))
-                crumbs = mapping.breadcrumbs(spans, group.logs, event.time_ns)
-                events.append(
-                    mapping.error_from_span_event(span, event, segment, crumbs, self._defaults)
-                )
+        for span, event in _outermost_records(spans):
+            seen.add(_exception_key(span.span_id, event.attributes))
+            crumbs = mapping.breadcrumbs(spans, group.logs, event.time_ns)
+            events.append(
+                mapping.error_from_span_event(span, event, segment, crumbs, self._defaults)
+            )
         by_id = {span.span_id: span for span in spans}
         for record in group.exception_logs:
             if _exception_key(record.span_id, record.attributes) in seen:
@@ -208,9 +252,44 @@ class SentryExporter:
             event.get("transaction") if routed else None,
         )  # fmt: skip
 
+    def _submit_event(self, event: dict[str, Any]) -> None:
+        """Sentry refuses events over 1 MiB: an oversized one sheds what it can spare (as
+        sentry-sdk trims), and leaves whole or is dropped, counted."""
+        trace = self._trace_header(event)
+        outgoing = envelope.event_envelope(event, self.settings.dsn, trace)
+        while outgoing.size > MAX_EVENT_BYTES:
+            if not mapping.lighten(event):
+                kind = "transaction" if event.get("type") == "transaction" else "error"
+                DROPPED.labels(self.name, kind, "too_large").inc()
+                log.warning("sentry_event_too_large", exporter=self.name, bytes=outgoing.size)
+                return
+            outgoing = envelope.event_envelope(event, self.settings.dsn, trace)
+        self._submit(outgoing)
+
     def _submit(self, outgoing: envelope.Outgoing) -> None:
         assert self._transport is not None
         self._transport.submit(outgoing)
+
+
+def _outermost_records(spans: list[SpanRecord]) -> list[tuple[SpanRecord, Event]]:
+    """The ``exception`` events, less those an ancestor span recorded again: an exception that
+    escapes nested spans (an HTTP client's, then the request's) is recorded on each, and is one
+    error, best told by the outermost record, whose traceback is the longest."""
+    records = [(s, e) for s in spans for e in s.events if e.name == "exception"]
+    if len(records) < 2:
+        return records
+    parents = {span.span_id: span.parent_span_id for span in spans}
+    recorded = {_exception_key(span.span_id, event.attributes) for span, event in records}
+
+    def again_above(span: SpanRecord, event: Event) -> bool:
+        ancestor, hops = span.parent_span_id, 0
+        while ancestor is not None and hops < len(parents):  # hops: a forged cycle ends
+            if _exception_key(ancestor, event.attributes) in recorded:
+                return True
+            ancestor, hops = parents.get(ancestor), hops + 1
+        return False
+
+    return [(span, event) for span, event in records if not again_above(span, event)]
 
 
 def _exception_key(span_id: str | None, attributes: dict[str, Any]) -> tuple[str | None, str, str]:

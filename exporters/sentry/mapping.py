@@ -3,10 +3,12 @@
 ``op``, ``description`` and ``status`` follow sentry-python's OpenTelemetry rules (HTTP server
 and client, DB, RPC, messaging, FaaS), reading both the stable semantic conventions and the
 old ones (``http.request.method``/``http.method``, ``db.query.text``/``db.statement``...).
-A transaction is named ``METHOD http.route`` (source ``route``) when the segment has a route,
-else after the span (source ``custom``). ``request`` comes from the segment's HTTP attributes,
-``user.id`` from ``enduser.id``, tags from ``sentry.tag.<name>``, contexts from
-``sentry.context.<name>.<key>``. Every value here has already been through the scrubber.
+A transaction is named as sentry-sdk's FastAPI integration names it, after the segment's
+``http.route`` (source ``route``; ``METHOD route`` with ``transaction_style: method_route``), else
+after the span (source ``custom``). ``request`` and ``contexts.response`` come from the segment's
+HTTP attributes, ``user.id`` from ``enduser.id``, tags from ``sentry.tag.<name>``, contexts from
+``sentry.context.<name>.<key>``; ``contexts.runtime``, ``contexts.os`` and ``server_name`` from
+the resource. Every value here has already been through the scrubber.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from collector.attributes import EXCEPTION_CHAIN
 from exporters.sentry import chain, traceback
@@ -33,6 +35,8 @@ _GRPC_STATUS = [  # Sentry's span status for gRPC code 0 .. 16
 ]  # fmt: skip
 _SEVERITY = ["trace", "debug", "info", "warn", "error", "fatal"]  # by (number - 1) // 4
 _BREADCRUMB_LEVEL = {"warn": "warning", "trace": "debug"}
+# Where a log record was written, not what it says: not a breadcrumb's data.
+_NOT_DATA = ("code.", "thread.", "process.", "exception.", "otel_sidecar.")
 MAX_BREADCRUMBS = 100
 FILTERED = "[Filtered]"
 # Sentry filters whole string values that look like credentials (its "@password" rule), in
@@ -44,6 +48,8 @@ _SENTRY_SENSITIVE = re.compile(
     re.IGNORECASE,
 )
 _SENTRY_SAFE_KEYS = frozenset({"http.route", "route"})
+_RUNTIME_NAMES = {"cpython": "CPython", "pypy": "PyPy", "ironpython": "IronPython"}
+TRANSACTION_STYLES = ("route", "method_route")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Defaults:
     environment: str
     release: str
     sdk_version: str
+    transaction_style: str = "route"
 
     def environment_release(self, resource: dict[str, Any]) -> tuple[Any, Any]:
         """From config, else from the app's resource (either semantic convention)."""
@@ -68,6 +75,11 @@ class Defaults:
             platform="python",
             sdk={"name": "otel-sidecar", "version": self.sdk_version},
         )
+        contexts = event.setdefault("contexts", {})
+        for name, context in _resource_contexts(resource).items():
+            contexts.setdefault(name, context)
+        if resource.get("host.name"):
+            event["server_name"] = str(resource["host.name"])
         if environment:
             event["environment"] = str(environment)
         if release:
@@ -88,19 +100,44 @@ _verdicts: dict[str, bool] = {}  # string -> sensitive; values repeat a lot acro
 
 def _safe_value(value: Any) -> Any:
     if isinstance(value, str):
-        sensitive = _verdicts.get(value)
-        if sensitive is None:
-            sensitive = _SENTRY_SENSITIVE.search(value) is not None
-            if len(value) <= 256:  # bounded memory: long strings are checked, not remembered
-                if len(_verdicts) >= 10_000:
-                    _verdicts.clear()
-                _verdicts[value] = sensitive
-        return FILTERED if sensitive else value
+        if not _sensitive(value):
+            return value
+        return _safe_url(value) or FILTERED
     if isinstance(value, list):
         return [_safe_value(item) for item in value]
     if isinstance(value, dict):
         return sentry_safe(value)
     return value
+
+
+def _sensitive(text: str) -> bool:
+    sensitive = _verdicts.get(text)
+    if sensitive is None:
+        sensitive = _SENTRY_SENSITIVE.search(text) is not None
+        if len(text) <= 256:  # bounded memory: long strings are checked, not remembered
+            if len(_verdicts) >= 10_000:
+                _verdicts.clear()
+            _verdicts[text] = sensitive
+    return sensitive
+
+
+def _safe_url(text: str) -> dict[str, Any] | None:
+    """A URL (or a bare query string) whose query names a credential, with that one value
+    filtered: ``{"url": ..., "query": {name: value}}``. Sentry filters any string that so much as
+    names one, so the query leaves as an object, where it judges each value by its name.
+    None when the text is not such a URL, or is sensitive elsewhere."""
+    base, separator, query = text.partition("?")
+    if not separator:
+        base, query = "", text
+    if " " in query or "=" not in query or (base and "://" not in base) or _sensitive(base):
+        return None
+    pairs = parse_qsl(query.partition("#")[0], keep_blank_values=True)
+    if not pairs:
+        return None
+    filtered = {
+        name: FILTERED if _sensitive(name) or _sensitive(value) else value for name, value in pairs
+    }
+    return {"url": base, "query": filtered} if base else {"query": filtered}
 
 
 def first(attributes: dict[str, Any], *keys: str) -> Any:
@@ -202,13 +239,16 @@ def _status_from_http(code: int) -> str:
 # --- transactions -----------------------------------------------------------------------------
 
 
-def transaction_name(segment: SpanRecord) -> tuple[str, str]:
-    """(name, source): ``METHOD route`` from a route, else the span's own name."""
-    method = first(segment.attributes, "http.request.method", "http.method")
+def transaction_name(segment: SpanRecord, style: str = "route") -> tuple[str, str]:
+    """(name, source): the route (``METHOD route`` in the ``method_route`` style), else the
+    span's own name."""
     route = segment.attributes.get("http.route")
-    if route:
-        return (f"{method} {route}" if method else str(route)), "route"
-    return segment.name, "custom"
+    if not route:
+        return segment.name, "custom"
+    method = first(segment.attributes, "http.request.method", "http.method")
+    if style == "method_route" and method:
+        return f"{method} {route}", "route"
+    return str(route), "route"
 
 
 def trace_context(span: SpanRecord) -> dict[str, Any]:
@@ -250,7 +290,7 @@ def sentry_span(span: SpanRecord) -> dict[str, Any]:
 def transaction(
     segment: SpanRecord, children: Iterable[SpanRecord], defaults: Defaults
 ) -> dict[str, Any]:
-    name, source = transaction_name(segment)
+    name, source = transaction_name(segment, defaults.transaction_style)
     event: dict[str, Any] = {
         "type": "transaction",
         "transaction": name,
@@ -261,6 +301,9 @@ def transaction(
         **_segment_scope(segment),
     }
     event["contexts"]["trace"] = trace_context(segment)
+    code = http_status(segment.attributes)
+    if code is not None:
+        event["contexts"]["response"] = {"status_code": code}
     return defaults.apply(event, segment.resource)
 
 
@@ -290,7 +333,31 @@ def _segment_scope(segment: SpanRecord) -> dict[str, Any]:
 
 
 def _otel_context(span: SpanRecord) -> dict[str, Any]:
-    return {"resource": sentry_safe(span.resource), "attributes": sentry_safe(span.attributes)}
+    """The resource; the span's attributes are already the trace context's ``data``."""
+    return {"resource": sentry_safe(span.resource)}
+
+
+def _resource_contexts(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``runtime`` and ``os`` as sentry-sdk describes them, from the resource's attributes."""
+    contexts: dict[str, dict[str, Any]] = {}
+    runtime = resource.get("process.runtime.name")
+    if runtime:
+        contexts["runtime"] = {
+            "name": _RUNTIME_NAMES.get(str(runtime).lower(), str(runtime)),
+            "version": resource.get("process.runtime.version"),
+            "build": resource.get("process.runtime.description"),
+        }
+    os_type = resource.get("os.type")
+    if os_type:
+        contexts["os"] = {
+            "name": str(os_type).capitalize() if str(os_type).islower() else str(os_type),
+            "version": resource.get("os.version"),
+            "raw_description": resource.get("os.description"),
+        }
+    return {
+        name: {key: str(value) for key, value in context.items() if value is not None}
+        for name, context in contexts.items()
+    }
 
 
 def _tags(segment: SpanRecord) -> dict[str, str]:
@@ -338,7 +405,12 @@ def _request(attributes: dict[str, Any]) -> dict[str, Any] | None:
     if url:
         request["url"] = str(url)
     if query:
-        request["query_string"] = str(query)
+        # As pairs, each value judged by its name: a string naming a credential would be
+        # filtered whole by Sentry.
+        request["query_string"] = [
+            [name, FILTERED if _sensitive(name) or _sensitive(value) else value]
+            for name, value in parse_qsl(str(query), keep_blank_values=True)
+        ]
     headers = {
         _header_name(key[len("http.request.header.") :]): ", ".join(map(str, value))
         if isinstance(value, list)
@@ -404,7 +476,9 @@ def error_from_log(
     breadcrumbs: list[dict[str, Any]],
     defaults: Defaults,
 ) -> dict[str, Any]:
-    values = exception_values(record.attributes, log_body(record), handled=True)  # logged: caught
+    # Logged: caught, unless the record says it escaped (the zero-code side's excepthooks).
+    escaped = str(record.attributes.get("exception.escaped")).lower() == "true"
+    values = exception_values(record.attributes, log_body(record), handled=not escaped)
     event = _error(values, record.time_ns, span, segment, breadcrumbs, defaults, record.resource)
     event["logger"] = record.scope or "otel"
     event["level"] = "fatal" if record.severity_number >= 21 else "error"
@@ -433,12 +507,11 @@ def _error(
         "level": "error",
         "timestamp": time_ns / _NS,
         "exception": {"values": values},
-        "fingerprint": fingerprint(values),
         "contexts": {},
     }
     if segment is not None:
         event.update(_segment_scope(segment))
-        event["transaction"] = transaction_name(segment)[0]
+        event["transaction"] = transaction_name(segment, defaults.transaction_style)[0]
     if span is not None:
         event["contexts"]["trace"] = trace_context(span)
         if span is not segment:
@@ -448,16 +521,43 @@ def _error(
     return defaults.apply(event, resource if resource is not None else _resource(span, segment))
 
 
-def fingerprint(values: list[dict[str, Any]]) -> list[str]:
-    """Group by code, not by message: the exception type and the in-app frames (file and
-    function, not line) where it was raised. Without in-app frames, Sentry's default."""
-    raised = values[-1]
-    frames = raised.get("stacktrace", {}).get("frames", [])
-    where = [f"{f.get('module') or f.get('filename')}:{f.get('function')}"
-             for f in frames if f.get("in_app")]  # fmt: skip
-    if not where:
-        return ["{{ default }}"]
-    return [str(raised.get("module") or ""), str(raised.get("type")), *where]
+def lighten(event: dict[str, Any]) -> bool:
+    """Take the next thing an oversized event can best spare; False when nothing is left.
+    In order: frames' variables, breadcrumbs, frames' source lines, spans' and contexts' data."""
+    for step in (_without_vars, _without_breadcrumbs, _without_source, _without_data):
+        if step(event):
+            return True
+    return False
+
+
+def _frames(event: dict[str, Any]) -> list[dict[str, Any]]:
+    values = event.get("exception", {}).get("values", [])
+    return [f for v in values for f in v.get("stacktrace", {}).get("frames", [])]
+
+
+def _without_vars(event: dict[str, Any]) -> bool:
+    return any([frame.pop("vars", None) is not None for frame in _frames(event)])
+
+
+def _without_breadcrumbs(event: dict[str, Any]) -> bool:
+    return event.pop("breadcrumbs", None) is not None
+
+
+def _without_source(event: dict[str, Any]) -> bool:
+    removed = [
+        frame.pop(field, None) is not None
+        for frame in _frames(event)
+        for field in ("pre_context", "post_context")
+    ]
+    return any(removed)
+
+
+def _without_data(event: dict[str, Any]) -> bool:
+    removed = [span.pop("data", None) is not None for span in event.get("spans", [])]
+    contexts = event.get("contexts", {})
+    removed += [contexts.get("trace", {}).pop("data", None) is not None,
+                contexts.pop("otel", None) is not None]  # fmt: skip
+    return any(removed)
 
 
 def _resource(span: SpanRecord | None, segment: SpanRecord | None) -> dict[str, Any]:
@@ -506,13 +606,17 @@ def _span_breadcrumb(span: SpanRecord) -> dict[str, Any] | None:
 
 def _log_breadcrumb(record: LogRecord) -> dict[str, Any]:
     level = log_level(record)
-    return {
+    crumb = {
         "type": "default",
         "category": record.scope or "log",
         "level": _BREADCRUMB_LEVEL.get(level, level),
         "message": log_body(record),
         "timestamp": record.time_ns / _NS,
     }
+    data = {k: v for k, v in _log_attributes(record).items() if not k.startswith(_NOT_DATA)}
+    if data:
+        crumb["data"] = data  # the app's own keys (structlog's, logging's extra=)
+    return crumb
 
 
 # --- logs --------------------------------------------------------------------------------------
@@ -534,23 +638,36 @@ def log_body(record: LogRecord) -> str:
     return "" if body is None else str(body)
 
 
-def log_item(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
-    """One entry of a Sentry ``log`` envelope item."""
+def _log_attributes(record: LogRecord) -> dict[str, Any]:
+    """The record's attributes and a structured body's keys; never the frames, which belong to
+    the error event, not the log line."""
     attributes: dict[str, Any] = {}
     if isinstance(record.body, dict):  # structlog keys of a structured body
         attributes.update((k, v) for k, v in record.body.items() if k not in ("event", "message"))
     attributes.update(record.attributes)
-    attributes.pop(EXCEPTION_CHAIN, None)  # frames belong to the error event, not the log line
+    attributes.pop(EXCEPTION_CHAIN, None)
+    return attributes
+
+
+def log_item(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
+    """One entry of a Sentry ``log`` envelope item, with the attributes sentry-sdk gives its
+    own (lower-case severity, runtime, ``server.address``)."""
+    attributes = _log_attributes(record)
     environment, release = defaults.environment_release(record.resource)
+    runtime = _resource_contexts(record.resource).get("runtime", {})
     attributes.update(
         {
             "sentry.environment": environment,
             "sentry.release": release,
             "sentry.severity_number": record.severity_number or None,
-            "sentry.severity_text": record.severity_text or None,
+            "sentry.severity_text": log_level(record),
+            "sentry.origin": "auto.log.otel",
             "sentry.sdk.name": "otel-sidecar",
             "sentry.sdk.version": defaults.sdk_version,
             "service.name": record.resource.get("service.name"),
+            "server.address": record.resource.get("host.name"),
+            "process.runtime.name": runtime.get("name"),
+            "process.runtime.version": runtime.get("version"),
             "logger.name": record.scope or None,
         }
     )

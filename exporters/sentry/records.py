@@ -14,10 +14,10 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from collector.attributes import plain
-from collector.sampling import ERRORS_ONLY, is_errors_only
+from collector.sampling import MARKERS, UNSAMPLED_SESSIONS, is_errors_only
 
 SERVER, CLIENT, CONSUMER = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_CONSUMER
 # Span.flags bits 8 and 9: "the parent's is_remote is known" and "the parent is remote".
@@ -90,13 +90,35 @@ class LogRecord:
 def spans_of(batch: ExportTraceServiceRequest) -> Iterable[SpanRecord]:
     for resource_spans in batch.resource_spans:
         sampled = not is_errors_only(resource_spans)
-        resource = attribute_dict(
-            kv for kv in resource_spans.resource.attributes if kv.key != ERRORS_ONLY
-        )
+        resource = _resource(resource_spans)
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope.name
             for span in scope_spans.spans:
                 yield _span_record(span, resource, scope, sampled)
+
+
+def unsampled_sessions_of(
+    batch: ExportTraceServiceRequest,
+) -> Iterable[tuple[dict[str, Any], dict[int, int]]]:
+    """(resource, {minute: requests}) for the sampler's count of unsampled healthy requests."""
+    for resource_spans in batch.resource_spans:
+        for kv in resource_spans.resource.attributes:
+            if kv.key == UNSAMPLED_SESSIONS:
+                counts = plain(kv.value)
+                if isinstance(counts, dict):
+                    yield _resource(resource_spans), _minute_counts(counts)
+
+
+def _minute_counts(counts: dict[str, Any]) -> dict[int, int]:
+    valid = {}
+    for minute, count in counts.items():
+        if minute.isdigit() and isinstance(count, int) and 0 < count < 2**31:
+            valid[int(minute)] = count
+    return valid
+
+
+def _resource(resource_spans: ResourceSpans) -> dict[str, Any]:
+    return attribute_dict(kv for kv in resource_spans.resource.attributes if kv.key not in MARKERS)
 
 
 def _span_record(span: Span, resource: dict[str, Any], scope: str, sampled: bool) -> SpanRecord:

@@ -142,7 +142,7 @@ def test_failing_request_becomes_an_error_with_frames_context_and_variables(run:
     assert error["tags"]["lesson_id"] == "3"
     assert error["tags"]["feature"] == "code_execution"
     assert error["contexts"]["code_execution"]["language"] == "python"
-    assert error["transaction"] == "POST /api/execute"
+    assert error["transaction"] == "/api/execute"
 
 
 def test_captured_exception_is_handled(run: Run) -> None:
@@ -156,7 +156,7 @@ def test_captured_exception_is_handled(run: Run) -> None:
 
 
 def test_transaction_holds_its_queries_and_no_noise(run: Run) -> None:
-    executions = run.named("POST /api/execute")
+    executions = run.named("/api/execute")
     assert len(executions) == 6  # three successful, one failing, one slow, one timing out
     for transaction in executions:
         ops = [span["op"] for span in transaction["spans"]]
@@ -167,15 +167,14 @@ def test_transaction_holds_its_queries_and_no_noise(run: Run) -> None:
     assert any(q.startswith("SELECT users.id") for q in queries)
     assert any(q.startswith("INSERT INTO submissions") for q in queries)
     assert all("'" not in query for query in queries), "SQL literals reached Sentry"
-    (agent,) = run.named("POST /api/agents/{agent}/runs")
+    (agent,) = run.named("/api/agents/{agent}/runs")
     assert "http.client" in [span["op"] for span in agent["spans"]]
 
 
 def test_start_up_and_probes_make_no_transaction(run: Run) -> None:
     names = {t["transaction"] for t in run.transactions()}
     assert names == {
-        "GET /api/lessons", "GET /api/lessons/{lesson_id}", "POST /api/execute",
-        "POST /api/agents/{agent}/runs",
+        "/api/lessons", "/api/lessons/{lesson_id}", "/api/execute", "/api/agents/{agent}/runs",
     }  # fmt: skip
     (_, resource), *_ = [(s, r) for r, s in spans_in(run.sidecar.lines())]
     assert resource  # there were spans at all
@@ -198,7 +197,7 @@ def test_structlog_events_arrive_once_each_as_sentry_logs(run: Run) -> None:
     logs = run.sink.logs()
     completed = [log for log in logs if log["body"] == "code_execution_completed"]
     assert len(completed) == 4  # three executions and the slow one
-    transactions = {t["contexts"]["trace"]["trace_id"] for t in run.named("POST /api/execute")}
+    transactions = {t["contexts"]["trace"]["trace_id"] for t in run.named("/api/execute")}
     for log in completed:
         assert log["trace_id"] in transactions
         attributes = log["attributes"]
