@@ -1,0 +1,238 @@
+"""What a platform team applies (``deploy/``): every manifest and kustomize build validates offline
+against Kubernetes 1.29 and the newest schema; the pod is what the README promises (native
+sidecar, probes the health server answers, ports from the config, no inlined secret, a
+restricted security context); the Dockerfiles name real files and a real command; and the
+sidecar takes what the OpenTelemetry Operator's Python injection sends."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from collector.cli import _parser
+from tests.sidecar import BASIC_CONFIG, ROOT, Sidecar, attributes, logs_in, spans_in
+
+DEPLOY = ROOT / "deploy"
+VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+BUILDS = [DEPLOY]  # each directory `kubectl kustomize` builds
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is needed to build deploy/ (it works offline)")
+    out = subprocess.run([kubectl, "kustomize", str(directory)], check=True,
+                         capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        if path.name == "kustomization.yaml" or path.name == "otel-sidecar.yaml":
+            continue
+        found += [
+            (str(path.relative_to(ROOT)), doc) for doc in yaml.safe_load_all(path.read_text())
+        ]
+    for directory in BUILDS:
+        found += [(f"kustomize {directory.relative_to(ROOT)}", doc) for doc in kustomize(directory)]
+    return found
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_manifest_validates_strictly(version: str) -> None:
+    checked = manifests()
+    assert checked
+    for where, doc in checked:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{where}: {doc['kind']}/{doc['metadata']['name']}: {error}")
+
+
+@pytest.fixture(scope="module")
+def pod() -> dict[str, Any]:
+    (deployment,) = [d for d in kustomize(DEPLOY) if d["kind"] == "Deployment"]
+    return deployment["spec"]["template"]["spec"]
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in pod["initContainers"] + pod["containers"] if c["name"] == name]
+    return found
+
+
+def sidecar_config() -> dict[str, Any]:
+    (config_map,) = [d for d in kustomize(DEPLOY) if d["kind"] == "ConfigMap"]
+    return config_map["data"]["config.yaml"]
+
+
+def test_the_sidecar_is_a_native_sidecar_started_before_the_app(pod: dict[str, Any]) -> None:
+    names = [c["name"] for c in pod["initContainers"]]
+    assert names == ["otel-instrumentation", "otel-sidecar"]
+    assert container(pod, "otel-sidecar")["restartPolicy"] == "Always"
+    assert "restartPolicy" not in container(pod, "otel-instrumentation")  # runs once, first
+
+
+def test_the_configmaps_config_is_valid_and_its_ports_are_the_pods(
+    pod: dict[str, Any], tmp_path: Path
+) -> None:
+    text = sidecar_config()
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    run = subprocess.run([sys.executable, "-m", "collector", "validate", "--config", str(path)],
+                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    config = yaml.safe_load(text)
+    health = config["extensions"]["health"]["endpoint"]
+    assert health.startswith("0.0.0.0:")  # the kubelet probes from outside the pod's loopback
+    ports = {p["name"]: p["containerPort"] for p in container(pod, "otel-sidecar")["ports"]}
+    assert ports == {"health": int(health.rpartition(":")[2])}
+    for protocol in config["receivers"]["otlp"]["protocols"].values():
+        assert protocol["endpoint"].startswith("127.0.0.1:")  # OTLP: the pod's containers only
+    mounted = container(pod, "otel-sidecar")["volumeMounts"][0]["mountPath"]
+    assert container(pod, "otel-sidecar")["args"] == ["--config", f"{mounted}/config.yaml"]
+
+
+def test_the_probes_are_paths_the_health_server_answers(
+    pod: dict[str, Any], tmp_path: Path
+) -> None:
+    """The ConfigMap's own config, run (health moved to a free loopback port)."""
+    config = sidecar_config().replace("0.0.0.0:13133", "127.0.0.1:0")
+    config = re.sub(r"127\.0\.0\.1:43(17|18)", "127.0.0.1:0", config)
+    sidecar = container(pod, "otel-sidecar")
+    with Sidecar(tmp_path, config) as running:
+        base = f"http://{running.endpoints['health']}"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            get = sidecar[probe]["httpGet"]
+            assert get["port"] == "health"
+            with urllib.request.urlopen(base + get["path"], timeout=5) as answer:
+                assert answer.status == 200, probe
+
+
+def test_no_secret_is_inlined_and_the_dsn_comes_from_a_secret(pod: dict[str, Any]) -> None:
+    assert not [d for d in manifests() if d[1]["kind"] == "Secret"]
+    env = {e["name"]: e for e in container(pod, "otel-sidecar")["env"]}
+    assert env["SENTRY_DSN"]["valueFrom"]["secretKeyRef"]["name"] == "sentry"
+    everything = json.dumps([doc for _, doc in manifests()])
+    assert not re.search(r"https?://[0-9a-f]{16,}@", everything)  # no DSN anywhere
+
+
+def test_every_container_runs_restricted(pod: dict[str, Any]) -> None:
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for each in pod["initContainers"] + pod["containers"]:
+        context = each["securityContext"]
+        assert context["runAsNonRoot"] is True, each["name"]
+        assert context["readOnlyRootFilesystem"] is True, each["name"]
+        assert context["allowPrivilegeEscalation"] is False, each["name"]
+        assert context["capabilities"] == {"drop": ["ALL"]}, each["name"]
+        assert "memory" in each["resources"]["limits"], each["name"]
+
+
+def test_the_app_gets_the_distro_as_the_operator_injects_it(pod: dict[str, Any]) -> None:
+    app = container(pod, "app")
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    copied_to = container(pod, "otel-instrumentation")["volumeMounts"][0]["mountPath"]
+    assert env["PYTHONPATH"].split(":") == [
+        f"{copied_to}/opentelemetry/instrumentation/auto_instrumentation", copied_to,
+    ]  # fmt: skip
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
+    assert app["args"][0] == "uvicorn"  # the app's own command, unchanged
+    assert {m["mountPath"] for m in app["volumeMounts"]} >= {copied_to}
+
+
+# --- the Dockerfiles ---------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.instrumentation"])
+def test_a_dockerfile_copies_files_that_exist_and_runs_as_non_root(name: str) -> None:
+    steps = instructions(DEPLOY / name)
+    for kind, argument in steps:
+        assert kind in {"ARG", "FROM", "WORKDIR", "COPY", "RUN", "USER", "EXPOSE", "ENV",
+                        "ENTRYPOINT", "CMD"}, kind  # fmt: skip
+        if kind == "COPY" and not argument.startswith("--from"):
+            *sources, _ = argument.split()
+            for source in sources:
+                assert (ROOT / source).exists(), source
+    (user,) = [argument for kind, argument in steps if kind == "USER"]
+    assert int(user.split(":")[0]) > 0
+
+
+def test_the_sidecar_images_entrypoint_is_the_cli(tmp_path: Path) -> None:
+    steps = dict(instructions(DEPLOY / "Dockerfile"))
+    entrypoint = json.loads(steps["ENTRYPOINT"])
+    assert entrypoint[0] == "otel-sidecar"  # pyproject's console script
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'otel-sidecar = "collector.cli:main"' in pyproject
+    _parser().parse_args(entrypoint[1:])  # a real subcommand
+    assert "EXPOSE 4317 4318 13133" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_the_build_context_leaves_out_what_the_images_do_not_need() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv*", "tests", ".env"} <= set(ignored)
+
+
+# --- the Operator's route ----------------------------------------------------------------------
+
+APP = """
+import logging
+from opentelemetry import trace
+tracer = trace.get_tracer("shop")
+with tracer.start_as_current_span("GET /cart", kind=trace.SpanKind.SERVER):
+    logging.getLogger("shop").error("cart service slow")
+trace.get_tracer_provider().shutdown()
+from opentelemetry._logs import get_logger_provider
+get_logger_provider().shutdown()
+"""
+
+
+def test_the_sidecar_takes_what_the_operators_python_injection_sends(tmp_path: Path) -> None:
+    """No opentelemetry-instrument: PYTHONPATH's sitecustomize starts the distro, with the
+    variables the Operator sets for Python (http/protobuf to the sidecar's 4318, its resource
+    attributes), as in the README's Instrumentation resource."""
+    import opentelemetry.instrumentation.auto_instrumentation as auto
+
+    with Sidecar(tmp_path, BASIC_CONFIG) as sidecar:
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{Path(auto.__file__).parent}:{ROOT}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sidecar.endpoints['otlp_http']}",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_LOGS_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "none",  # until the sidecar takes metrics
+            "OTEL_SERVICE_NAME": "shop",
+            "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=prod,k8s.pod.name=shop-7d9f-x2,"
+            "k8s.container.name=app",
+        }
+        run = subprocess.run([sys.executable, "-c", APP], env=env, capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        # The app's own last-resort line, nothing else: no export error, no warning.
+        assert run.stderr == "cart service slow\n"
+        assert sidecar.stop() == 0
+    lines = sidecar.lines()
+    ((resource, span),) = spans_in(lines)
+    assert span["name"] == "GET /cart"
+    found = attributes(resource)
+    assert found["service.name"] == "shop" and found["k8s.pod.name"] == "shop-7d9f-x2"
+    ((_, record),) = logs_in(lines)
+    assert record["body"]["stringValue"] == "cart service slow"
+    assert record["traceId"] == span["traceId"]
