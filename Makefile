@@ -10,7 +10,7 @@ RUNTIME := $(VENV)/.runtime
 DEV := $(VENV)/.dev
 BUGSINK := $(VENV)/.bugsink
 
-.PHONY: demo demo-sentry test run bench lint format clean
+.PHONY: demo demo-sentry test test-gateway run bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: $(DEV)  ## lint, then the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+test-gateway: $(DEV)  ## deploy/gateway on the real OpenTelemetry Collector (built with Go first)
+	bash bench/otelcol/build.sh
+	$(BIN)/pytest -m gateway tests/test_gateway.py
 
 run: $(RUNTIME)  ## the sidecar in the foreground: make run [CONFIG=otel-config.yaml]
 	$(BIN)/otel-sidecar run $(if $(CONFIG),--config $(CONFIG))

@@ -25,7 +25,7 @@ from tests.sidecar import BASIC_CONFIG, ROOT, Sidecar, attributes, logs_in, span
 
 DEPLOY = ROOT / "deploy"
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
-BUILDS = [DEPLOY]  # each directory `kubectl kustomize` builds
+BUILDS = [DEPLOY, DEPLOY / "gateway", DEPLOY / "overlays" / "gateway"]  # what kustomize builds
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
@@ -40,11 +40,10 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
 def manifests() -> list[tuple[str, dict[str, Any]]]:
     found = []
     for path in sorted(DEPLOY.rglob("*.yaml")):
-        if path.name == "kustomization.yaml" or path.name == "otel-sidecar.yaml":
-            continue
-        found += [
-            (str(path.relative_to(ROOT)), doc) for doc in yaml.safe_load_all(path.read_text())
-        ]
+        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        where = str(path.relative_to(ROOT))
+        # Kubernetes objects only: not kustomizations, not the sidecar's or Collector's configs.
+        found += [(where, d) for d in docs if "kind" in d and d["kind"] != "Kustomization"]
     for directory in BUILDS:
         found += [(f"kustomize {directory.relative_to(ROOT)}", doc) for doc in kustomize(directory)]
     return found
@@ -72,9 +71,21 @@ def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def sidecar_config() -> dict[str, Any]:
-    (config_map,) = [d for d in kustomize(DEPLOY) if d["kind"] == "ConfigMap"]
+def sidecar_config(build: Path = DEPLOY) -> str:
+    (config_map,) = [d for d in kustomize(build) if d["kind"] == "ConfigMap"
+                     and d["metadata"]["name"].startswith("otel-sidecar-config")]  # fmt: skip
     return config_map["data"]["config.yaml"]
+
+
+def valid_sidecar_config(build: Path, tmp_path: Path) -> dict[str, Any]:
+    """The build's sidecar ConfigMap, after ``otel-sidecar validate`` accepted it."""
+    text = sidecar_config(build)
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    run = subprocess.run([sys.executable, "-m", "collector", "validate", "--config", str(path)],
+                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return yaml.safe_load(text)
 
 
 def test_the_sidecar_is_a_native_sidecar_started_before_the_app(pod: dict[str, Any]) -> None:
@@ -87,13 +98,7 @@ def test_the_sidecar_is_a_native_sidecar_started_before_the_app(pod: dict[str, A
 def test_the_configmaps_config_is_valid_and_its_ports_are_the_pods(
     pod: dict[str, Any], tmp_path: Path
 ) -> None:
-    text = sidecar_config()
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    run = subprocess.run([sys.executable, "-m", "collector", "validate", "--config", str(path)],
-                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    config = yaml.safe_load(text)
+    config = valid_sidecar_config(DEPLOY, tmp_path)
     health = config["extensions"]["health"]["endpoint"]
     assert health.startswith("0.0.0.0:")  # the kubelet probes from outside the pod's loopback
     ports = {p["name"]: p["containerPort"] for p in container(pod, "otel-sidecar")["ports"]}
@@ -236,3 +241,41 @@ def test_the_sidecar_takes_what_the_operators_python_injection_sends(tmp_path: P
     ((_, record),) = logs_in(lines)
     assert record["body"]["stringValue"] == "cart service slow"
     assert record["traceId"] == span["traceId"]
+
+
+# --- the gateway ---------------------------------------------------------------------------------
+
+GATEWAY = DEPLOY / "overlays" / "gateway"
+
+
+def by_kind(build: Path, kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in kustomize(build) if d["kind"] == kind}
+
+
+def test_with_the_gateway_every_trace_goes_to_it_and_sentry_keeps_its_sample(
+    tmp_path: Path,
+) -> None:
+    config = valid_sidecar_config(GATEWAY, tmp_path)
+    pipelines = config["service"]["pipelines"]
+    assert "sampler" in pipelines["traces"]["processors"]  # Sentry's share
+    assert "sampler" not in pipelines["traces/gateway"]["processors"]  # the gateway decides
+    assert "scrubber" in pipelines["traces/gateway"]["processors"]  # nothing leaves unscrubbed
+    endpoint = config["exporters"]["otlp_http"]["endpoint"]
+    host, port = re.fullmatch(r".*http://([\w-]+):(\d+)}?", endpoint).groups()
+    service = by_kind(GATEWAY, "Service")[host]
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+
+
+def test_tier_one_routes_by_trace_id_to_every_tail_sampler() -> None:
+    maps = by_kind(GATEWAY, "ConfigMap")
+    (tier1,) = [yaml.safe_load(m["data"]["config.yaml"]) for n, m in maps.items()
+                if n.startswith("otel-gateway-config")]  # fmt: skip
+    balancer = tier1["exporters"]["loadbalancing"]
+    assert balancer["routing_key"] == "traceID"
+    assert tier1["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
+    samplers = by_kind(GATEWAY, "Service")[balancer["resolver"]["dns"]["hostname"]]
+    assert samplers["spec"]["clusterIP"] == "None"  # headless: one address per pod
+    assert balancer["resolver"]["dns"]["port"] in {p["port"] for p in samplers["spec"]["ports"]}
+    for name in ("otel-gateway", "otel-tail-sampler"):
+        assert name in by_kind(GATEWAY, "PodDisruptionBudget")
+        assert by_kind(GATEWAY, "HorizontalPodAutoscaler")[name]["spec"]["minReplicas"] >= 2
