@@ -21,6 +21,7 @@ from collector.receivers.otlp import OtlpReceiver, OtlpReceiverSettings
 from collector.signals import Signal
 from exporters.file import FileExporter, FileSettings
 from exporters.otlp import OtlpHttpExporter, OtlpHttpSettings
+from exporters.otlp_grpc import OtlpGrpcExporter, OtlpGrpcSettings
 from exporters.sentry import SentryExporter, SentrySettings
 
 BOTH = frozenset(Signal)
@@ -47,6 +48,7 @@ PROCESSORS: dict[str, Kind] = {
 EXPORTERS: dict[str, Kind] = {
     "file": Kind(FileSettings, FileExporter),
     "otlp_http": Kind(OtlpHttpSettings, OtlpHttpExporter),
+    "otlp_grpc": Kind(OtlpGrpcSettings, OtlpGrpcExporter),
     "sentry": Kind(SentrySettings, SentryExporter),
 }
 EXTENSIONS: dict[str, Kind] = {

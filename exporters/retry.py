@@ -1,16 +1,20 @@
 """Retry and queue settings every exporter takes, with the OpenTelemetry Collector's meanings,
 and the backoff they describe.
 
-Errors tell the retry layer what to do (as the collector's consumererror): :class:`Permanent`
-is never retried, :class:`Throttled` waits what the server asked, anything else backs off
-exponentially with jitter until ``max_elapsed_time``.
+Errors tell :func:`send_with_retry` what to do (as the collector's consumererror):
+:class:`Permanent` is never retried, :class:`Throttled` waits what the server asked,
+:class:`Retryable` backs off exponentially with jitter until ``max_elapsed_time``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
+from typing import TypeVar
 
 from collector.settings import Duration, setting
 
@@ -49,9 +53,38 @@ class Permanent(Exception):
     """The destination refused the data for good (4xx): drop, count, do not retry."""
 
 
-class Throttled(Exception):
-    """The destination asked to wait ``retry_after_s`` (429)."""
+class Retryable(Exception):
+    """Worth another try: a network error, 5xx, UNAVAILABLE..."""
+
+
+class Throttled(Retryable):
+    """The destination asked to wait ``retry_after_s`` (429, RetryInfo)."""
 
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"throttled for {retry_after_s:g} s")
         self.retry_after_s = retry_after_s
+
+
+T = TypeVar("T")
+
+
+async def send_with_retry(send: Callable[[], Awaitable[T]], settings: RetrySettings) -> T:
+    """``send()``'s result, trying again on :class:`Retryable` until the budget is spent (then
+    the last error is raised); :class:`Permanent` is raised at once. A server's wait counts
+    against ``max_elapsed_time`` like the backoff's."""
+    budget_ends = time.monotonic() + settings.max_elapsed_time
+    asked = 0.0
+    last: Retryable | None = None
+    for delay in chain([0.0], settings.delays()):
+        wait = max(delay, asked)
+        if wait and time.monotonic() + wait > budget_ends:
+            break
+        await asyncio.sleep(wait)
+        try:
+            return await send()
+        except Throttled as error:
+            asked, last = error.retry_after_s, error
+        except Retryable as error:
+            asked, last = 0.0, error
+    assert last is not None  # the first try always runs
+    raise last

@@ -260,8 +260,8 @@ def test_with_the_gateway_every_trace_goes_to_it_and_sentry_keeps_its_sample(
     assert "sampler" in pipelines["traces"]["processors"]  # Sentry's share
     assert "sampler" not in pipelines["traces/gateway"]["processors"]  # the gateway decides
     assert "scrubber" in pipelines["traces/gateway"]["processors"]  # nothing leaves unscrubbed
-    endpoint = config["exporters"]["otlp_http"]["endpoint"]
-    host, port = re.fullmatch(r".*http://([\w-]+):(\d+)}?", endpoint).groups()
+    endpoint = config["exporters"]["otlp_grpc"]["endpoint"]
+    host, port = re.fullmatch(r".*:-([\w-]+):(\d+)}", endpoint).groups()
     service = by_kind(GATEWAY, "Service")[host]
     assert int(port) in {p["port"] for p in service["spec"]["ports"]}
 

@@ -126,12 +126,12 @@ def test_kept_traces_arrive_whole_through_two_tiers_of_the_real_collector(tmp_pa
     tier1 = loopback(yaml.safe_load((GATEWAY / "loadbalancer.yaml").read_text()))
     tier1["exporters"]["loadbalancing"]["resolver"] = {"static": {"hostnames": [
         c["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] for c in samplers]}}  # fmt: skip
-    gateway_http = tier1["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    gateway_grpc = tier1["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
     with OtlpSink() as backend, ExitStack() as running:
         for number, config in enumerate(samplers):
             running.enter_context(collector(tmp_path, f"sampler{number}", config, backend.endpoint))
         running.enter_context(collector(tmp_path, "tier1", tier1, backend.endpoint))
-        env = {"OTEL_GATEWAY_ENDPOINT": f"http://{gateway_http}"}
+        env = {"OTEL_GATEWAY_ENDPOINT": gateway_grpc}
         for n in range(2):
             (tmp_path / f"pod{n}").mkdir()
         pods = [Sidecar(tmp_path / f"pod{n}", sidecar_config(), env).start() for n in range(2)]

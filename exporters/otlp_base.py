@@ -1,0 +1,94 @@
+"""What the OTLP exporters (``otlp_http``, ``otlp_grpc``) share: the batch serialised once into
+a payload, the bounded sending queue, the one retry loop, and the counts of an answer
+(a ``partial_success``'s rejected items are drops, as the OTLP specification says).
+
+A transport implements ``_encode`` (the batch's bytes on the wire), ``_send`` (one attempt:
+the answer's body, or :class:`~exporters.retry.Permanent` / ``Retryable`` / ``Throttled``),
+``_open`` and ``_close``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from collector.signals import Batch, Signal, item_count, signal_of
+from collector.telemetry import DROPPED, EXPORTED, log
+from exporters.queue import SendingQueue
+from exporters.retry import Permanent, QueueSettings, Retryable, RetrySettings, send_with_retry
+
+
+@dataclass(frozen=True)
+class Payload:
+    signal: Signal
+    body: bytes
+    items: int
+
+
+class OtlpSender:
+    def __init__(self, name: str, where: str, queue: QueueSettings, retry: RetrySettings) -> None:
+        self.name = name
+        self.where = where  # scheme, host and port: never a credential
+        self._retry = retry
+        self._queue = SendingQueue(name, queue, self._deliver, lambda p: len(p.body), self._drop)
+        self.last_error: str | None = None
+
+    def status(self) -> tuple[str, str]:
+        if self.last_error:
+            return "degraded", f"sending to {self.where}: last send failed ({self.last_error})"
+        return "healthy", f"sending to {self.where}"
+
+    async def start(self) -> None:
+        await self._open()
+        self._queue.start()
+
+    async def shutdown(self) -> None:
+        try:
+            await self._queue.drain()
+        finally:
+            await self._queue.stop()
+            await self._close()
+
+    async def consume(self, batch: Batch) -> None:
+        self._queue.submit(Payload(signal_of(batch), self._encode(batch), item_count(batch)))
+
+    async def _deliver(self, payload: Payload) -> None:
+        try:
+            answer = await send_with_retry(lambda: self._send(payload), self._retry)
+        except Permanent as refused:
+            log.warning("otlp_rejected", exporter=self.name, status=str(refused))
+            self._drop(payload, "send_error")
+        except Retryable:
+            self._drop(payload, "network_error")
+        else:
+            self._delivered(payload, answer)
+
+    def _delivered(self, payload: Payload, answer: bytes) -> None:
+        try:
+            partial = payload.signal.response_type.FromString(answer).partial_success
+            rejected = getattr(partial, f"rejected_{payload.signal.items}", 0)
+        except DecodeError:
+            rejected = 0
+        rejected = min(max(0, rejected), payload.items)
+        EXPORTED.labels(self.name, payload.signal.value).inc(payload.items - rejected)
+        if rejected:
+            DROPPED.labels(self.name, payload.signal.value, "rejected").inc(rejected)
+            log.warning("otlp_partial_success", exporter=self.name, rejected=rejected)
+
+    def _drop(self, payload: Payload, reason: str) -> None:
+        DROPPED.labels(self.name, payload.signal.value, reason).inc(payload.items)
+
+    # --- the transport ---------------------------------------------------------------------
+
+    def _encode(self, batch: Batch) -> bytes:
+        return batch.SerializeToString()
+
+    async def _send(self, payload: Payload) -> bytes:
+        raise NotImplementedError
+
+    async def _open(self) -> None:
+        pass
+
+    async def _close(self) -> None:
+        pass
