@@ -23,6 +23,7 @@ from exporters.file import FileExporter, FileSettings
 from exporters.otlp import OtlpHttpExporter, OtlpHttpSettings
 from exporters.otlp_grpc import OtlpGrpcExporter, OtlpGrpcSettings
 from exporters.sentry import SentryExporter, SentrySettings
+from exporters.storage import FileStorage, FileStorageSettings
 
 BOTH = frozenset(Signal)
 TRACES = frozenset({Signal.TRACES})
@@ -53,6 +54,7 @@ EXPORTERS: dict[str, Kind] = {
 }
 EXTENSIONS: dict[str, Kind] = {
     "health": Kind(HealthSettings, HealthServer),
+    "file_storage": Kind(FileStorageSettings, FileStorage),
 }
 
 SECTIONS: dict[str, dict[str, Kind]] = {

@@ -7,6 +7,7 @@ wrong types, values out of range, pipelines naming components that are not confi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,9 +128,27 @@ def parse(raw: Any, environ: Mapping[str, str] | None = None) -> Config:
     if "service" not in raw:
         raise ConfigError("service: required (it lists the pipelines)")
     service = build(ServiceSettings, raw["service"], "service")
+    _resolve_storage(sections["exporters"], sections["extensions"])
     config = Config(service=service, **sections)
     _check_pipelines(config)
     return config
+
+
+def _resolve_storage(exporters: dict[str, Any], extensions: dict[str, Any]) -> None:
+    """An exporter's ``sending_queue.storage`` names a file_storage extension: its queue is
+    kept in that extension's directory."""
+    for eid, settings in exporters.items():
+        queue = getattr(settings, "sending_queue", None)
+        if queue is None or queue.storage == "memory":
+            continue
+        storage = extensions.get(queue.storage)
+        if storage is None or components.type_of(queue.storage) != "file_storage":
+            raise ConfigError(
+                f"exporters.{eid}.sending_queue.storage: {queue.storage!r} is not a configured "
+                "file_storage extension (or memory)"
+            )
+        queue = dataclasses.replace(queue, directory=storage.directory)
+        exporters[eid] = dataclasses.replace(settings, sending_queue=queue)
 
 
 def _components(section: str, raw: Any, kinds: Mapping[str, components.Kind]) -> dict[str, Any]:

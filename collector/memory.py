@@ -19,6 +19,8 @@ from prometheus_client import Gauge
 
 from collector.telemetry import REGISTRY
 
+MIB = 1 << 20
+
 _GAUGE = Gauge(
     "otelsidecar_memory_held_bytes",
     "Bytes of requests and batches held in receivers, processors and exporter queues.",

@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector import components
-from collector.component import Consumer
+from collector.component import Consumer, Refused
 from collector.config import Config, PipelineSettings
 from collector.processors.scrubber import Scrubber
 from collector.processors.slow_spans import SlowSpans
@@ -44,11 +44,16 @@ class FanOut:
             for exporter, error_path in zip(self._exporters, self._error_paths, strict=True)
             if error_path or sampled is not None
         ]
-        await asyncio.gather(*deliveries)
+        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        refusals = [r for r in results if isinstance(r, Refused)]
+        if refusals:
+            raise refusals[0]  # after every other exporter had the batch
 
     async def _deliver(self, exporter: Any, batch: Batch) -> None:
         try:
             await exporter.consume(batch)
+        except Refused:
+            raise  # a full persistent queue: the client is asked to send again
         except Exception as error:
             signal = signal_of(batch).value
             DROPPED.labels(exporter.name, signal, "export_failed").inc(item_count(batch))
@@ -132,7 +137,9 @@ class Service:
     def endpoints(self) -> dict[str, str]:
         """Every address listened on: receivers' transports and extensions."""
         listening = {t: a for r in self.receivers.values() for t, a in r.endpoints.items()}
-        listening.update((eid, e.address) for eid, e in self.extensions.items())
+        listening.update(
+            (eid, e.address) for eid, e in self.extensions.items() if e.address is not None
+        )
         return listening
 
     def component_status(self) -> dict[str, dict[str, str]]:

@@ -15,8 +15,9 @@ from google.protobuf.message import DecodeError
 
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, EXPORTED, log
-from exporters.queue import SendingQueue
+from exporters.queue import sending_queue
 from exporters.retry import Permanent, QueueSettings, Retryable, RetrySettings, send_with_retry
+from exporters.storage import Codec
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,27 @@ class Payload:
     items: int
 
 
+def _encode(payload: Payload) -> bytes:
+    header = f"{payload.signal.value} {payload.items}\n".encode()
+    return header + payload.body
+
+
+def _decode(stored: bytes) -> Payload:
+    header, _, body = stored.partition(b"\n")
+    signal, items = header.decode().split()
+    return Payload(Signal(signal), body, int(items))
+
+
+PAYLOAD = Codec(_encode, _decode)  # on disk: "traces 512\n" then the batch as sent
+
+
 class OtlpSender:
     def __init__(self, name: str, where: str, queue: QueueSettings, retry: RetrySettings) -> None:
         self.name = name
         self.where = where  # scheme, host and port: never a credential
         self._retry = retry
-        self._queue = SendingQueue(name, queue, self._deliver, lambda p: len(p.body), self._drop)
+        self._queue = sending_queue(name, queue, self._deliver, lambda p: len(p.body),
+                                    self._drop, PAYLOAD)  # fmt: skip
         self.last_error: str | None = None
 
     def status(self) -> tuple[str, str]:

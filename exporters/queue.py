@@ -1,21 +1,42 @@
 """The sending queue exporters share: bounded, drained by a few workers, its bytes counted.
 
-``submit`` never waits: an item that does not fit goes to the exporter's ``on_overflow`` (to be
-counted and reported), so a slow destination can never make the sidecar grow. While queued,
-an item's size is held in :mod:`collector.memory`, which the memory limiter watches.
+``submit`` never waits: an item that does not fit is refused (:class:`Refused`: receivers
+answer 503 / UNAVAILABLE) or goes to the exporter's ``on_drop`` (counted and reported), as
+``when_full`` says, so a slow destination can never make the sidecar grow. While queued, an
+item's size is held in :mod:`collector.memory`, which the memory limiter watches. With a
+storage extension the queue is kept on disk instead (:mod:`exporters.storage`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Generic, TypeVar
 
-from collector.memory import HELD
+from collector.component import Refused
+from collector.memory import HELD, MIB
 from collector.telemetry import log
 from exporters.retry import QueueSettings
+from exporters.storage import Codec, PersistentQueue
 
 T = TypeVar("T")
+
+
+def sending_queue(
+    name: str,
+    settings: QueueSettings,
+    deliver: Callable[[T], Awaitable[None]],
+    size_of: Callable[[T], int],
+    on_drop: Callable[[T, str], None],
+    codec: Codec[T],
+) -> SendingQueue[T] | PersistentQueue[T]:
+    """The queue ``settings`` ask for: in memory, or on disk with a storage extension."""
+    if settings.storage == "memory":
+        return SendingQueue(name, settings, deliver, size_of, on_drop)
+    limits = (settings.queue_size, settings.max_size_mib * MIB, settings.refuses)
+    return PersistentQueue(name, Path(settings.directory), limits, deliver, on_drop, codec,
+                           settings.num_consumers)  # fmt: skip
 
 
 class SendingQueue(Generic[T]):
@@ -30,6 +51,7 @@ class SendingQueue(Generic[T]):
         self.name = name
         self._queue: asyncio.Queue[T] = asyncio.Queue(settings.queue_size)
         self._workers_wanted = settings.num_consumers
+        self._refuse = settings.refuses
         self._deliver = deliver
         self._size_of = size_of
         self._on_drop = on_drop
@@ -45,6 +67,8 @@ class SendingQueue(Generic[T]):
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
+            if self._refuse:
+                raise Refused("queue_full") from None
             self._on_drop(item, "queue_full")
             return
         HELD.hold(self._size_of(item))

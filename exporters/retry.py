@@ -46,7 +46,17 @@ class RetrySettings:
 class QueueSettings:
     queue_size: int = setting(1000, minimum=1, maximum=1_000_000)
     num_consumers: int = setting(4, minimum=1, maximum=64)
-    storage: str = setting("memory", choices=("memory",))
+    # "memory", or the id of a file_storage extension: the queue is kept on disk.
+    storage: str = "memory"
+    max_size_mib: int = setting(256, minimum=1, maximum=1_000_000)  # on disk, with storage
+    # What does not fit: "refuse" (receivers answer 503 / UNAVAILABLE, the client retries) or
+    # "drop" (counted). Unset: refuse with storage, drop in memory.
+    when_full: str = setting("", choices=("", "refuse", "drop"))
+    directory: str = ""  # the storage extension's, filled in when the config is loaded
+
+    @property
+    def refuses(self) -> bool:
+        return self.when_full == "refuse" or (not self.when_full and self.storage != "memory")
 
 
 class Permanent(Exception):

@@ -24,6 +24,7 @@ class Sidecar:
     def __init__(self, tmp_path: Path, config: str, env: dict[str, str] | None = None) -> None:
         self.output = tmp_path / "out" / "telemetry.jsonl"
         self.config_path = tmp_path / "config.yaml"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(config.replace("${OUT}", str(self.output)))
         self.env = {**os.environ, **(env or {})}
         self.events: list[dict[str, Any]] = []

@@ -25,7 +25,8 @@ from tests.sidecar import BASIC_CONFIG, ROOT, Sidecar, attributes, logs_in, span
 
 DEPLOY = ROOT / "deploy"
 VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
-BUILDS = [DEPLOY, DEPLOY / "gateway", DEPLOY / "overlays" / "gateway"]  # what kustomize builds
+OVERLAYS = DEPLOY / "overlays"
+BUILDS = [DEPLOY, DEPLOY / "gateway", *sorted(OVERLAYS.iterdir())]  # what kustomize builds
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
@@ -40,6 +41,8 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
 def manifests() -> list[tuple[str, dict[str, Any]]]:
     found = []
     for path in sorted(DEPLOY.rglob("*.yaml")):
+        if OVERLAYS in path.parents:
+            continue  # patches are partial objects: their builds are checked below
         docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
         where = str(path.relative_to(ROOT))
         # Kubernetes objects only: not kustomizations, not the sidecar's or Collector's configs.
@@ -114,6 +117,7 @@ def test_the_probes_are_paths_the_health_server_answers(
 ) -> None:
     """The ConfigMap's own config, run (health moved to a free loopback port)."""
     config = sidecar_config().replace("0.0.0.0:13133", "127.0.0.1:0")
+    config = config.replace("/var/lib/otel-sidecar", str(tmp_path / "queue"))
     config = re.sub(r"127\.0\.0\.1:43(17|18)", "127.0.0.1:0", config)
     sidecar = container(pod, "otel-sidecar")
     with Sidecar(tmp_path, config) as running:
@@ -279,3 +283,35 @@ def test_tier_one_routes_by_trace_id_to_every_tail_sampler() -> None:
     for name in ("otel-gateway", "otel-tail-sampler"):
         assert name in by_kind(GATEWAY, "PodDisruptionBudget")
         assert by_kind(GATEWAY, "HorizontalPodAutoscaler")[name]["spec"]["minReplicas"] >= 2
+
+
+# --- the persistent queue --------------------------------------------------------------------
+
+
+def test_the_sidecars_queue_is_on_the_volume_its_config_names(
+    pod: dict[str, Any], tmp_path: Path
+) -> None:
+    config = valid_sidecar_config(DEPLOY, tmp_path)
+    directory = config["extensions"]["file_storage"]["directory"]
+    assert config["exporters"]["sentry"]["sending_queue"]["storage"] == "file_storage"
+    mounts = {m["mountPath"]: m["name"] for m in container(pod, "otel-sidecar")["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts[directory]]  # by default: outlives container restarts
+
+
+def test_the_persistent_queue_overlay_puts_it_on_a_claim(tmp_path: Path) -> None:
+    build = OVERLAYS / "persistent-queue"
+    (deployment,) = by_kind(build, "Deployment").values()
+    spec = deployment["spec"]
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    claim_name = volumes["otel-sidecar-queue"]["persistentVolumeClaim"]["claimName"]
+    assert "emptyDir" not in volumes["otel-sidecar-queue"]
+    claim = by_kind(build, "PersistentVolumeClaim")[claim_name]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert (spec["replicas"], spec["strategy"]["type"]) == (1, "Recreate")  # one pod per claim
+    config = valid_sidecar_config(build, tmp_path)
+    largest = max(e.get("sending_queue", {}).get("max_size_mib", 0)
+                  for e in config["exporters"].values())  # fmt: skip
+    assert (
+        int(claim["spec"]["resources"]["requests"]["storage"].removesuffix("Gi")) * 1024 > largest
+    )

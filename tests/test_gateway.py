@@ -71,8 +71,9 @@ def loopback(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def sidecar_config() -> str:
+def sidecar_config(queue: Path) -> str:
     text = (ROOT / "deploy" / "overlays" / "gateway" / "otel-sidecar.yaml").read_text()
+    text = text.replace("/var/lib/otel-sidecar", str(queue))
     text = text.replace("127.0.0.1:4317", "127.0.0.1:0").replace("127.0.0.1:4318", "127.0.0.1:0")
     return text.replace('"0.0.0.0:13133"', '"127.0.0.1:0"')
 
@@ -132,9 +133,8 @@ def test_kept_traces_arrive_whole_through_two_tiers_of_the_real_collector(tmp_pa
             running.enter_context(collector(tmp_path, f"sampler{number}", config, backend.endpoint))
         running.enter_context(collector(tmp_path, "tier1", tier1, backend.endpoint))
         env = {"OTEL_GATEWAY_ENDPOINT": gateway_grpc}
-        for n in range(2):
-            (tmp_path / f"pod{n}").mkdir()
-        pods = [Sidecar(tmp_path / f"pod{n}", sidecar_config(), env).start() for n in range(2)]
+        pods = [Sidecar(tmp_path / f"pod{n}", sidecar_config(tmp_path / f"queue{n}"), env).start()
+                for n in range(2)]  # fmt: skip
         failed = set()
         try:
             for number in range(1, TRACES + 1):

@@ -13,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from collector.component import Consumer, Refused
-from collector.memory import HELD
+from collector.memory import HELD, MIB
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal
-
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)

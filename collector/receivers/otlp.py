@@ -18,8 +18,6 @@ from collector.settings import ConfigError, Endpoint, setting
 from collector.signals import Batch, Signal, validate
 from collector.telemetry import RECEIVED, REFUSED
 
-MIB = 1024 * 1024
-
 
 @dataclass(frozen=True)
 class GrpcSettings:

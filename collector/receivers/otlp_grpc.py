@@ -11,7 +11,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from collector.component import Refused
-from collector.receivers.otlp import MIB, GrpcSettings, Intake
+from collector.memory import MIB
+from collector.receivers.otlp import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
 

@@ -19,7 +19,8 @@ from google.rpc.status_pb2 import Status
 from collector import otlp_json
 from collector.component import Refused
 from collector.http import listen
-from collector.receivers.otlp import MIB, HttpSettings, Intake
+from collector.memory import MIB
+from collector.receivers.otlp import HttpSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
 

@@ -15,6 +15,7 @@ from typing import Any
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
 
 from collector.sampling import sample_rand
+from exporters.storage import Codec
 
 MAX_LOGS_PER_ITEM = 100
 LOG_CONTENT_TYPE = "application/vnd.sentry.items.log+json"
@@ -53,6 +54,18 @@ class Outgoing:
     def serialize(self, extra: Iterable[Item] = ()) -> bytes:
         headers = {**self.headers, "sent_at": _now_iso()}
         return Envelope(headers=headers, items=[*self.items, *extra]).serialize()
+
+
+def _stored(outgoing: Outgoing) -> bytes:
+    return Envelope(headers=outgoing.headers, items=outgoing.items).serialize()
+
+
+def _restored(stored: bytes) -> Outgoing:
+    envelope = Envelope.deserialize(stored)
+    return Outgoing(dict(envelope.headers), list(envelope.items))
+
+
+OUTGOING = Codec(_stored, _restored)  # on disk: the envelope, as it would be sent
 
 
 def trace_header(

@@ -24,10 +24,11 @@ from sentry_sdk.envelope import Item
 from sentry_sdk.utils import Dsn
 
 from collector import __version__
+from collector.component import Refused
 from collector.telemetry import DROPPED, EXPORTED, log
-from exporters.queue import SendingQueue
+from exporters.queue import sending_queue
 from exporters.retry import QueueSettings, RetrySettings
-from exporters.sentry.envelope import Outgoing, category, client_report, quantity
+from exporters.sentry.envelope import OUTGOING, Outgoing, category, client_report, quantity
 
 DEFAULT_RATE_LIMIT_S = 60.0
 MAX_RATE_LIMIT_S = 86_400.0  # a server asking for longer gets a day, not forever
@@ -89,7 +90,7 @@ class SentryTransport:
         self.url = auth.get_api_url()  # .../api/<project>/envelope/
         self._auth_header = auth.to_header()
         self.where = f"project {parsed.project_id} at {parsed.host}"  # no key: safe to show
-        self._queue = SendingQueue(name, queue, self._deliver, _size, self._drop)
+        self._queue = sending_queue(name, queue, self._deliver, _size, self._drop, OUTGOING)
         self._retry = retry
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._limits: dict[str, float] = {}
@@ -121,7 +122,10 @@ class SentryTransport:
         """Queue an envelope without waiting; what is rate-limited or does not fit is dropped."""
         self._remove_limited(outgoing)
         if outgoing.items:
-            self._queue.submit(outgoing)
+            try:
+                self._queue.submit(outgoing)
+            except Refused:  # events are made after the receiver answered: too late to refuse
+                self._drop(outgoing, "queue_full")
 
     def report_if_due(self) -> None:
         """Send pending client reports on their own when no envelope has carried them."""
