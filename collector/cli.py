@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run the sidecar until SIGTERM/SIGINT",
+        help="run the sidecar until SIGTERM/SIGINT/SIGHUP",
         description="Run the sidecar. Without --config, the default pipelines are built from "
         "the environment (see the README).",
     )
@@ -134,7 +134,8 @@ async def _serve(config: config_module.Config) -> int:
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: a lost terminal or a supervisor must not cost what was accepted.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     log.info(
         "sidecar_started",

@@ -51,6 +51,17 @@ def sample_rand(trace_id: bytes) -> float:
     return ((complement >> spare_bits) << spare_bits) / SCALE
 
 
+def strip_markers(batch: ExportTraceServiceRequest) -> None:
+    """The marks above are the sampler's alone: a client that sets them (to make its spans
+    skip the other exporters, or to inflate release health) has them removed at the door."""
+    for resource_spans in batch.resource_spans:
+        attributes = resource_spans.resource.attributes
+        if any(kv.key in MARKERS for kv in attributes):
+            kept = [kv for kv in attributes if kv.key not in MARKERS]
+            del attributes[:]
+            attributes.extend(kept)
+
+
 def is_errors_only(resource_spans: ResourceSpans) -> bool:
     return any(kv.key == ERRORS_ONLY for kv in resource_spans.resource.attributes)
 

@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT: stop accepting, flush what was accepted, exit 0."""
+"""SIGTERM, SIGINT, SIGHUP: stop accepting, flush what was accepted, exit 0."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ HOLDING_CONFIG = BASIC_CONFIG.replace(
 )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_accepted_spans_are_flushed_on_signal(tmp_path: Path, sig: int) -> None:
     with Sidecar(tmp_path, HOLDING_CONFIG) as sidecar:
         sent = []

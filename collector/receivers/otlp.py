@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from collector.component import Consumer
 from collector.memory import HELD
+from collector.sampling import strip_markers
 from collector.settings import ConfigError, Endpoint, setting
 from collector.signals import Batch, Signal, validate
 from collector.telemetry import RECEIVED, REFUSED
@@ -72,6 +75,8 @@ class Intake:
         except ValueError:
             self.refused(signal, "invalid")
             raise
+        if isinstance(batch, ExportTraceServiceRequest):
+            strip_markers(batch)
         try:
             with HELD.request(wire_size):
                 await self._consumers[signal].consume(batch)
