@@ -967,3 +967,20 @@ def test_a_scrubbed_chain_with_an_escaped_lone_surrogate_stays_sendable() -> Non
     batch.SerializeToString()  # valid UTF-8 throughout
     (value,) = json.loads(span.events[0].attributes[0].value.string_value)
     assert value["frames"][0]["vars"]["password"] == "[Filtered]"
+
+
+def test_array_statements_trace_state_and_severity_text_are_scrubbed() -> None:
+    """Fields a client controls outside the attributes' usual shapes."""
+    batch = ExportTraceServiceRequest()
+    span = batch.resource_spans.add().scope_spans.add().spans.add(name="q")
+    span.trace_state = "vendor=1,token=abcdef123456"
+    statements = span.attributes.add(key="db.statement").value.array_value.values
+    statements.add().string_value = "UPDATE u SET pw = 'hunter2-secret' WHERE id = 7"
+    scrub_batch(batch)
+    assert "abcdef123456" not in span.trace_state and span.trace_state.startswith("vendor=1")
+    assert "hunter2" not in statements[0].string_value
+    logs = ExportLogsServiceRequest()
+    record = logs.resource_logs.add().scope_logs.add().log_records.add()
+    record.severity_text = "ERROR password=hunter2-secret"
+    scrub_batch(logs)
+    assert "hunter2" not in record.severity_text

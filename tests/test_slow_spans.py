@@ -189,3 +189,20 @@ def test_configured_scrub_rules_apply_to_the_log_line(tmp_path: Path) -> None:
         assert sidecar.stop() == 0
     (line,) = sidecar.named("slow_request")
     assert line["path"] == "/orders/[Filtered]"
+
+
+def test_array_and_map_values_are_scrubbed_in_the_log_line() -> None:
+    """A client controls the types: an array route or a map user must not carry secrets out."""
+    batch = span_batch(Span.SPAN_KIND_SERVER, 1500, http__request__method="GET")
+    attributes = the_span(batch).attributes
+    route = attributes.add(key="http.route").value.array_value.values
+    route.add().string_value = "/x?token=S3cr3tValue9"
+    route.add().string_value = "Bearer S3cr3tTok2abcdefgh"
+    user = attributes.add(key="enduser.id").value.kvlist_value.values
+    user.add(key="password").value.string_value = "hunter2-secret"
+    line = run(batch)[0]
+    assert "S3cr3t" not in str(line) and "hunter2" not in str(line)
+    query = span_batch(Span.SPAN_KIND_CLIENT, 1500, db__system="postgresql")
+    statements = the_span(query).attributes.add(key="db.statement").value.array_value.values
+    statements.add().string_value = "SELECT * FROM u WHERE pw = 'hunter2-secret'"
+    assert "hunter2" not in str(run(query)[0])

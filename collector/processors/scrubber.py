@@ -354,10 +354,16 @@ class Rules:
         message = span.status.message
         if message and (new := self._changed(message, counts)) is not None:
             span.status.message = new
+        # Vendors' key=value pairs: a token put there by a client must not pass.
+        if span.trace_state and (new := self._changed(span.trace_state, counts)) is not None:
+            span.trace_state = new
 
     def _record(self, record: LogRecord, counts: list[int]) -> None:
         self._value(record.body, counts)
         self._attributes(record.attributes, counts)
+        level = record.severity_text
+        if level and (new := self._changed(level, counts)) is not None:
+            record.severity_text = new
         if (name := self._changed(record.event_name, counts)) is not None:
             record.event_name = name
 
@@ -434,7 +440,11 @@ class Rules:
     def _sql_value(self, value: AnyValue, counts: list[int]) -> None:
         text = value.string_value
         if not text:
-            self._value(value, counts)
+            if value.WhichOneof("value") == "array_value":  # a batch of statements
+                for item in value.array_value.values:
+                    self._sql_value(item, counts)
+            else:
+                self._value(value, counts)
             return
         new = self._sql_text(text, counts)
         if new is not text:

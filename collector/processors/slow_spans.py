@@ -15,6 +15,7 @@ Per span only the duration is computed; attributes are read for slow spans alone
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,4 +121,6 @@ class SlowSpans:
         }
 
     def _scrubbed(self, value: Any, key: str | None = None) -> Any:
+        if isinstance(value, list | dict):  # an array or a map: scrubbed as the JSON it logs as
+            value = json.dumps(value, ensure_ascii=False, default=str)
         return self.rules.scrub_text(value, key=key) if isinstance(value, str) else value
