@@ -6,15 +6,19 @@ a SQLite database of its own in that directory (WAL mode: a write survives the p
 killed), and deleted only once delivered or dropped for good. A sidecar that was SIGKILLed,
 OOM-killed or drained resumes sending them when it starts again.
 
-Bounded by ``queue_size`` items and ``max_size_mib`` bytes: what does not fit is refused
-upstream (receivers answer 503 / UNAVAILABLE, the client retries), or dropped and counted with
-``when_full: drop``. A store that cannot be read is moved aside with one log line and a fresh
-one started: a corrupt file must never become a crash loop.
+Bounded by ``queue_size`` items and ``max_size_mib`` bytes: what does not fit, or cannot be
+written (a full disk), is refused upstream (receivers answer 503 / UNAVAILABLE, the client
+retries), or dropped and counted with ``when_full: drop``. A store that is not a database is
+moved aside with one log line and a fresh one started: a corrupt file must never become a crash
+loop. One that cannot be opened (a read-only directory) or is held by another sidecar (a lock
+file beside it) fails the start with a message saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import re
 import sqlite3
 import time
@@ -81,6 +85,7 @@ class PersistentQueue(Generic[T]):
         self._deliver, self._on_drop, self._codec = deliver, on_drop, codec
         self._workers_wanted = workers
         self._db: sqlite3.Connection | None = None
+        self._lock: int | None = None
         self._cursor = 0  # the last id handed to a worker
         self._items = self._bytes = 0
         self._in_flight = 0
@@ -104,8 +109,11 @@ class PersistentQueue(Generic[T]):
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.path)
         try:
             return _connect(self.path)
+        except sqlite3.OperationalError as error:  # cannot open or write: not the file's fault
+            raise OSError(f"cannot open the queue store {self.path}: {error}") from None
         except sqlite3.DatabaseError as error:
             aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
             self.path.rename(aside)
@@ -132,6 +140,9 @@ class PersistentQueue(Generic[T]):
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock is not None:
+            os.close(self._lock)  # closing releases the lock
+            self._lock = None
 
     # --- in and out ------------------------------------------------------------------------
 
@@ -143,8 +154,15 @@ class PersistentQueue(Generic[T]):
             self._on_drop(item, "queue_full")
             return
         assert self._db is not None
-        with self._db:
-            self._db.execute("INSERT INTO queue (body) VALUES (?)", (body,))
+        try:
+            with self._db:
+                self._db.execute("INSERT INTO queue (body) VALUES (?)", (body,))
+        except sqlite3.Error as error:  # a full disk: never accepted-then-lost
+            log.error("queue_write_failed", exporter=self.name, error=type(error).__name__)
+            if self._refuse:
+                raise Refused("storage_error") from None
+            self._on_drop(item, "storage_error")
+            return
         self._items += 1
         self._bytes += len(body)
         self._idle.clear()
@@ -152,26 +170,33 @@ class PersistentQueue(Generic[T]):
 
     async def _work(self) -> None:
         while True:
-            taken = self._take()
-            if taken is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            row_id, body = taken
-            self._in_flight += 1
-            HELD.hold(len(body))
             try:
-                item = self._codec.decode(body)
-                await self._deliver(item)
-            except asyncio.CancelledError:  # stopped mid-send: it stays queued on disk
-                self._in_flight -= 1
-                HELD.release(len(body))
+                await self._work_once()
+            except asyncio.CancelledError:
                 raise
-            except Exception as error:  # undecodable or a bug: never a loop on one item
-                log.error("export_failed", exporter=self.name, error=type(error).__name__)
+            except Exception as error:  # the store failing: pause, never a dead worker
+                log.error("queue_failed", exporter=self.name, error=type(error).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _work_once(self) -> None:
+        taken = self._take()
+        if taken is None:
+            self._wake.clear()
+            await self._wake.wait()
+            return
+        row_id, body = taken
+        self._in_flight += 1
+        HELD.hold(len(body))
+        try:
+            await self._deliver(self._codec.decode(body))
+        except asyncio.CancelledError:  # stopped mid-send: it stays queued on disk
+            raise
+        except Exception as error:  # undecodable or a bug: never a loop on one item
+            log.error("export_failed", exporter=self.name, error=type(error).__name__)
+        finally:
             self._in_flight -= 1
             HELD.release(len(body))
-            self._delete(row_id, len(body))
+        self._delete(row_id, len(body))
 
     def _take(self) -> tuple[int, bytes] | None:
         assert self._db is not None
@@ -196,13 +221,29 @@ class PersistentQueue(Generic[T]):
             self._idle.set()
 
 
+def _lock(path: Path) -> int:
+    """An exclusive lock beside the store: two sidecars on one directory would send
+    everything twice."""
+    handle = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise OSError(f"the queue store {path} is in use by another process") from None
+    return handle
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
     try:
         # WAL with synchronous=NORMAL: a committed write survives the process being killed.
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        # AUTOINCREMENT: ids never come back after deletes, so a worker's cursor never skips.
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS queue"
+            " (id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"
+        )
         db.execute("SELECT count(*) FROM queue").fetchone()
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise sqlite3.DatabaseError("quick_check failed")

@@ -165,8 +165,16 @@ def test_the_app_gets_the_distro_as_the_operator_injects_it(pod: dict[str, Any])
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
-    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+    """(INSTRUCTION, arguments), continuation lines joined and comments left out."""
+    joined, steps = "", []
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        joined += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            steps.append(joined.strip())
+            joined = ""
+    return [(step.split(None, 1)[0].upper(), step.split(None, 1)[1]) for step in steps]
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.instrumentation"])
@@ -279,7 +287,9 @@ def test_tier_one_routes_by_trace_id_to_every_tail_sampler() -> None:
     assert tier1["service"]["pipelines"]["traces"]["exporters"] == ["loadbalancing"]
     samplers = by_kind(GATEWAY, "Service")[balancer["resolver"]["dns"]["hostname"]]
     assert samplers["spec"]["clusterIP"] == "None"  # headless: one address per pod
-    assert balancer["resolver"]["dns"]["port"] in {p["port"] for p in samplers["spec"]["ports"]}
+    assert int(balancer["resolver"]["dns"]["port"]) in {
+        p["port"] for p in samplers["spec"]["ports"]
+    }
     for name in ("otel-gateway", "otel-tail-sampler"):
         assert name in by_kind(GATEWAY, "PodDisruptionBudget")
         assert by_kind(GATEWAY, "HorizontalPodAutoscaler")[name]["spec"]["minReplicas"] >= 2

@@ -163,3 +163,16 @@ def received(backend: OtlpSink) -> dict[bytes, set[str]]:
                 for span in ss.spans:
                     spans[span.trace_id].add(span.name)
     return spans
+
+
+@pytest.mark.parametrize("name", ["loadbalancer.yaml", "tail-sampler.yaml"])
+def test_the_real_collector_accepts_the_deployed_configs_as_they_are(name: str) -> None:
+    """The test above moves ports and swaps the DNS resolver for a static one: here the files
+    as deployed, checked by the Collector itself."""
+    if not COLLECTOR.exists():
+        pytest.fail("the Collector peer is not built: run `make test-gateway`")
+    env = {**os.environ, "OTLP_BACKEND_ENDPOINT": "https://otlp.example:4318",
+           "OTLP_BACKEND_AUTHORIZATION": "Bearer x"}  # fmt: skip
+    run = subprocess.run([str(COLLECTOR), "validate", "--config", str(GATEWAY / name)], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr

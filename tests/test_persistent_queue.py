@@ -185,3 +185,74 @@ def _queued(database: Path) -> int:
         return 0
     with sqlite3.connect(database) as db:
         return db.execute("SELECT count(*) FROM queue").fetchone()[0]
+
+
+def _queue(directory: Path, deliver: object, **settings: object) -> object:
+    queue_settings = QueueSettings(storage="file_storage", directory=str(directory), **settings)
+    return sending_queue("q", queue_settings, deliver, lambda p: len(p.body), lambda *_: None,
+                         PAYLOAD)  # fmt: skip
+
+
+def _payload(spans: int = 1) -> Payload:
+    return Payload(Signal.TRACES, trace_request(spans=spans).SerializeToString(), spans)
+
+
+def test_items_queued_after_it_emptied_are_sent_too(tmp_path: Path) -> None:
+    """Ids are never reused: a queue that drained and filled again sends everything."""
+    delivered: list[Payload] = []
+
+    async def take(item: Payload) -> None:
+        delivered.append(item)
+
+    async def main() -> None:
+        queue = _queue(tmp_path, take)
+        queue.start()
+        for round_ in range(3):
+            for _ in range(3):
+                queue.submit(_payload())
+            await asyncio.wait_for(queue.drain(), 5)
+            assert len(delivered) == 3 * (round_ + 1)
+        await queue.stop()
+
+    asyncio.run(main())
+
+
+def test_one_store_one_sidecar(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = _queue(tmp_path, lambda _: asyncio.sleep(0))
+        first.start()
+        with pytest.raises(OSError, match="in use by another process"):
+            _queue(tmp_path, lambda _: asyncio.sleep(0)).start()
+        await first.stop()
+        again = _queue(tmp_path, lambda _: asyncio.sleep(0))  # released at stop
+        again.start()
+        await again.stop()
+
+    asyncio.run(main())
+
+
+def test_a_store_that_cannot_be_written_refuses_instead_of_losing(tmp_path: Path) -> None:
+    """A full disk (here: the database opened read-only under the queue) answers 503, never an
+    accepted-then-lost batch."""
+
+    async def main() -> None:
+        queue = _queue(tmp_path, lambda _: asyncio.sleep(3600))
+        queue.start()
+        queue._db = sqlite3.connect(f"file:{tmp_path / 'q.sqlite'}?mode=ro", uri=True)
+        with pytest.raises(Refused, match="storage_error"):
+            queue.submit(_payload())
+        assert queue.empty()
+        await queue.stop()
+
+    asyncio.run(main())
+
+
+def test_an_unopenable_store_fails_the_start_clearly_and_moves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "q.sqlite").mkdir()  # a directory where the database should be
+
+    async def main() -> None:
+        with pytest.raises(OSError, match="cannot open the queue store"):
+            _queue(tmp_path, lambda _: asyncio.sleep(0)).start()
+
+    asyncio.run(main())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.sqlite", "q.sqlite.lock"]
