@@ -57,7 +57,12 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class OtlpGrpcSettings:
-    endpoint: str = ""  # host:port, or http(s)://host:port
+    # host:port, http(s)://host:port, or a gRPC target naming several addresses:
+    # dns:///host:port (every address the name resolves to), ipv4:a:port,b:port
+    endpoint: str = ""
+    # round_robin: spread calls over every address of the target (a headless Service's pods);
+    # pick_first: one connection.
+    balancer_name: str = setting("pick_first", choices=("pick_first", "round_robin"))
     headers: dict[str, str] = setting(factory=dict, secret=True)
     compression: str = setting("gzip", choices=("gzip", "none"))
     timeout: Duration = setting(Duration(10), minimum=0.1, maximum=300)
@@ -67,10 +72,10 @@ class OtlpGrpcSettings:
 
     def check(self, path: str) -> None:
         self.tls.check(f"{path}.tls")
-        host, _, port = self.target.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in self.target:
-            raise ConfigError(f"{path}.endpoint: expected host:port such as "
-                              "otel-gateway:4317 (or http(s)://host:port)")  # fmt: skip
+        addresses = self.target.removeprefix("dns:///").removeprefix("ipv4:").split(",")
+        if not all(_host_port(address) for address in addresses):
+            raise ConfigError(f"{path}.endpoint: expected host:port such as otel-gateway:4317 "
+                              "(or http(s)://host:port, dns:///host:port)")  # fmt: skip
         for name, value in self.headers.items():
             if name != name.lower() or any(ch in name + value for ch in "\r\n\0"):
                 raise ConfigError(
@@ -104,7 +109,10 @@ class OtlpGrpcExporter(OtlpSender):
                        for signal, method in _METHODS.items()}  # fmt: skip
 
     def _open_channel(self) -> grpc.aio.Channel:
-        options = [("grpc.max_send_message_length", 64 << 20)]
+        options = [
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.lb_policy_name", self._settings.balancer_name),
+        ]
         if self._settings.plaintext:
             return grpc.aio.insecure_channel(self._settings.target, options=options)
         tls = self._settings.tls
@@ -133,6 +141,11 @@ class OtlpGrpcExporter(OtlpSender):
             raise _classify(error) from None
         self.last_error = None
         return answer
+
+
+def _host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and "/" not in host and port.isdigit() and 0 < int(port) < 65536
 
 
 def _classify(error: grpc.aio.AioRpcError) -> Exception:

@@ -273,9 +273,12 @@ def test_with_the_gateway_every_trace_goes_to_it_and_sentry_keeps_its_sample(
     assert "sampler" not in pipelines["traces/gateway"]["processors"]  # the gateway decides
     assert "scrubber" in pipelines["traces/gateway"]["processors"]  # nothing leaves unscrubbed
     endpoint = config["exporters"]["otlp_grpc"]["endpoint"]
-    host, port = re.fullmatch(r".*:-([\w-]+):(\d+)}", endpoint).groups()
+    host, port = re.fullmatch(r".*:-(?:dns:///)?([\w-]+):(\d+)}", endpoint).groups()
     service = by_kind(GATEWAY, "Service")[host]
     assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    # Spread over every tier 1 pod: round robin over a headless Service's addresses.
+    assert config["exporters"]["otlp_grpc"]["balancer_name"] == "round_robin"
+    assert service["spec"]["clusterIP"] == "None"
 
 
 def test_tier_one_routes_by_trace_id_to_every_tail_sampler() -> None:

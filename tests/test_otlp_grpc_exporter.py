@@ -202,3 +202,20 @@ def test_the_sidecar_forwards_over_grpc(sink: OtlpGrpcSink, tmp_path: Path) -> N
     (received,) = sink.accepted(Signal.TRACES)
     assert item_count(received) == 6 == len(spans_in(sidecar.lines()))
     assert API_KEY not in str(sidecar.events) + sidecar.stderr
+
+
+def test_round_robin_spreads_calls_over_every_address() -> None:
+    """As over a headless Service's pods (dns:///...); here two backends named at once."""
+    with OtlpGrpcSink() as first, OtlpGrpcSink() as second:
+        target = f"ipv4:{first.endpoint},{second.endpoint}"
+        run(first, *[trace_request() for _ in range(20)], endpoint=target,
+            balancer_name="round_robin")  # fmt: skip
+        assert first.accepted(Signal.TRACES) and second.accepted(Signal.TRACES)
+        assert len(first.calls) + len(second.calls) == 20
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["dns:///otel-gateway-headless:4317", "ipv4:10.0.0.1:4317,10.0.0.2:4317"]
+)
+def test_grpc_targets_naming_several_addresses_are_accepted(endpoint: str) -> None:
+    OtlpGrpcSettings(endpoint=endpoint).check("exporters.otlp_grpc")
