@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from collector import __version__
 from collector import config as config_module
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run the sidecar until SIGTERM/SIGINT/SIGHUP",
+        help="run the sidecar until SIGTERM/SIGINT (SIGHUP reloads the config)",
         description="Run the sidecar. Without --config, the default pipelines are built from "
         "the environment (see the README).",
     )
@@ -122,21 +122,51 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     configure_logging(config.service.log_level)
-    return asyncio.run(_serve(config))
+    return asyncio.run(_serve(config, lambda: _load(args.config)))
 
 
-async def _serve(config: config_module.Config) -> int:
+async def _serve(config: config_module.Config, reload: Callable[[], config_module.Config]) -> int:
+    """Run until SIGTERM or SIGINT; on SIGHUP, read the config again and, if it is valid,
+    restart the pipelines on it (as the Collector does), else keep the running one."""
+    service = await _start(config)
+    if service is None:
+        return 1
+    loop = asyncio.get_running_loop()
+    stop, hangup = asyncio.Event(), asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    while True:
+        await _first(stop, hangup)
+        if stop.is_set():
+            break
+        hangup.clear()
+        try:
+            new = reload()
+        except ConfigError as error:
+            log.error("config_reload_failed", error=str(error), keeping="the running config")
+            continue
+        await _stop(service, config)
+        started = await _start(new)
+        if started is None:  # the new one could not start (a port taken): back to the old one
+            log.error("config_reload_failed", error="start failed", keeping="the running config")
+            started = await _start(config)
+            if started is None:
+                return 1
+            continue
+        service, config = started, new
+        log.info("config_reloaded")
+    await _stop(service, config)
+    return 0
+
+
+async def _start(config: config_module.Config) -> Service | None:
     service = Service(config)
     try:
         await service.start()
     except OSError as error:
         log.error("start_failed", error=str(error))
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # SIGHUP too: a lost terminal or a supervisor must not cost what was accepted.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(signum, stop.set)
+        return None
     log.info(
         "sidecar_started",
         version=__version__,
@@ -150,9 +180,18 @@ async def _serve(config: config_module.Config) -> int:
             for name, p in config.service.pipelines.items()
         },
     )
-    await stop.wait()
+    return service
+
+
+async def _stop(service: Service, config: config_module.Config) -> None:
     grace = config.service.grace_period
     log.info("sidecar_stopping", grace_period_s=grace)
     await service.shutdown(grace)
     log.info("sidecar_stopped")
-    return 0
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in pending:
+        wait.cancel()
