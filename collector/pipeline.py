@@ -143,7 +143,9 @@ class Service:
         return listening
 
     def component_status(self) -> dict[str, dict[str, str]]:
-        """The sidecar's own parts for /health: receivers listening, exporters' states."""
+        """The sidecar's own parts for /health: receivers listening, exporters' states. An
+        exporter named like a receiver's transport (``otlp_http`` both) is ``exporter/<id>``:
+        one entry per component."""
         status = {
             transport: {"status": "healthy", "message": f"listening on {address}"}
             for receiver in self.receivers.values()
@@ -151,7 +153,9 @@ class Service:
         }
         for eid, exporter in self.exporters.items():
             state, message = exporter.status()
-            status[eid] = {"status": state, "message": message}
+            status[f"exporter/{eid}" if eid in status else eid] = {
+                "status": state, "message": message,
+            }  # fmt: skip
         return status
 
     async def start(self) -> None:

@@ -59,6 +59,9 @@ def item_count(batch: Batch) -> int:
     return sum(len(sl.log_records) for rl in batch.resource_logs for sl in rl.scope_logs)
 
 
+_ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)  # invalid ids, as the OTLP specification says
+
+
 def validate(batch: Batch) -> int:
     """Check the ids the data model fixes in length and return the item count.
 
@@ -74,6 +77,8 @@ def validate(batch: Batch) -> int:
                         raise InvalidBatch(
                             "span with invalid ids: trace_id must be 16 bytes, span_id 8 bytes"
                         )
+                    if span.trace_id == _ZERO_TRACE or span.span_id == _ZERO_SPAN:
+                        raise InvalidBatch("span with an all-zero trace_id or span_id (invalid)")
                     if len(span.parent_span_id) not in (0, 8):
                         raise InvalidBatch("span with invalid parent_span_id: must be 8 bytes")
                 count += len(ss.spans)

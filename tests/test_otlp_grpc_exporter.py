@@ -219,3 +219,25 @@ def test_round_robin_spreads_calls_over_every_address() -> None:
 )
 def test_grpc_targets_naming_several_addresses_are_accepted(endpoint: str) -> None:
     OtlpGrpcSettings(endpoint=endpoint).check("exporters.otlp_grpc")
+
+
+def test_an_exporter_named_like_a_receiver_has_its_own_health_entry(tmp_path: Path) -> None:
+    """The otlp receiver's transports are otlp_grpc and otlp_http; so are the exporters' types."""
+    import json
+    import urllib.request
+
+    config = (
+        CONFIG.replace("ENDPOINT", "127.0.0.1:9")
+        .replace("API_KEY", API_KEY)
+        .replace(
+            'http: {endpoint: "127.0.0.1:0"}',
+            'http: {endpoint: "127.0.0.1:0"}, grpc: {endpoint: "127.0.0.1:0"}',
+        )
+        + 'extensions: {health: {endpoint: "127.0.0.1:0"}}\n'
+    )
+    with Sidecar(tmp_path, config) as sidecar:
+        url = f"http://{sidecar.endpoints['health']}/health"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            components = json.load(answer)["components"]
+    assert components["otlp_grpc"]["message"].startswith("listening on")  # the receiver
+    assert components["exporter/otlp_grpc"]["message"] == "sending to 127.0.0.1:9"

@@ -257,3 +257,12 @@ def wait_for_span(sidecar: Sidecar, span_id: str, timeout: float = 10) -> dict:
                 return span
         time.sleep(0.05)
     raise AssertionError(f"span {span_id} never reached the file")
+
+
+@pytest.mark.parametrize("field", ["trace_id", "span_id"])
+def test_all_zero_ids_are_refused_as_invalid(field: str, shared_sidecar: Sidecar) -> None:
+    request = trace_request(spans=2)
+    span = request.resource_spans[0].scope_spans[0].spans[1]
+    setattr(span, field, bytes(len(getattr(span, field))))
+    status, body, _ = post(shared_sidecar, "/v1/traces", request.SerializeToString())
+    assert status == 400 and b"all-zero" in body

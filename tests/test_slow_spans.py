@@ -206,3 +206,38 @@ def test_array_and_map_values_are_scrubbed_in_the_log_line() -> None:
     statements = the_span(query).attributes.add(key="db.statement").value.array_value.values
     statements.add().string_value = "SELECT * FROM u WHERE pw = 'hunter2-secret'"
     assert "hunter2" not in str(run(query)[0])
+
+
+def test_log_lines_are_rate_limited_and_what_was_skipped_is_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every slow span is marked and counted; the log carries at most the burst, then says how
+    many it left out (100 huge slow requests once wrote 11.6 MiB of log)."""
+    clock = [1000.0]
+    monkeypatch.setattr("collector.processors.slow_spans.time.monotonic", lambda: clock[0])
+
+    def slow_batch(count: int) -> ExportTraceServiceRequest:
+        batch = ExportTraceServiceRequest()
+        spans = batch.resource_spans.add().scope_spans.add().spans
+        for number in range(count):
+            span = spans.add(trace_id=os.urandom(16), span_id=os.urandom(8), name="GET /x",
+                             kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=0,
+                             end_time_unix_nano=1_500 * 1_000_000)  # fmt: skip
+            span.attributes.add(key="url.path").value.string_value = f"/x/{number}/" + "y" * 50_000
+        return batch
+
+    settings = SlowSpansSettings(log_lines_per_second=1)
+    processor = SlowSpans("slow_spans", settings, Signal.TRACES, None)
+    first = slow_batch(50)
+    with structlog.testing.capture_logs() as logs:
+        assert processor.mark(first) == 50
+        clock[0] += 2.0  # two more lines' worth
+        processor.mark(slow_batch(1))
+    events = [log["event"] for log in logs]
+    assert events.count("slow_request") == 11  # the burst of ten, then one after the wait
+    assert [log["count"] for log in logs if log["event"] == "slow_lines_skipped"] == [40]
+    assert all(len(log["path"]) <= 1025 for log in logs if log["event"] == "slow_request")
+    spans = first.resource_spans[0].scope_spans[0].spans
+    marked = [s for s in spans if any(kv.key == "slow" and kv.value.bool_value
+                                      for kv in s.attributes)]  # fmt: skip
+    assert len(marked) == 50  # every one marked, logged or not

@@ -16,6 +16,8 @@ Per span only the duration is computed; attributes are read for slow spans alone
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +35,33 @@ _SERVER, _CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
 _MS = 1_000_000  # nanoseconds
 
 
+MAX_FIELD_CHARS = 1024  # a route or statement longer than this is cut in the log line
+
+
 @dataclass(frozen=True)
 class SlowSpansSettings:
     threshold_ms: float = setting(1000.0, minimum=0)
     db_threshold_ms: float = setting(100.0, minimum=0)
+    # Log lines written per second at most (a burst of ten seconds' worth); every slow span is
+    # still marked and counted. What is skipped is told by one slow_lines_skipped line.
+    log_lines_per_second: float = setting(20.0, minimum=0.1, maximum=100_000)
+
+
+class _Bucket:
+    """A token bucket: ``rate`` a second, ``burst`` at most."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens, self._at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
 
 class SlowSpans:
@@ -50,6 +75,9 @@ class SlowSpans:
         self.rules: Rules = DEFAULT_RULES
         self._requests = SLOW.labels(name, "slow_request")
         self._queries = SLOW.labels(name, "slow_query")
+        rate = settings.log_lines_per_second
+        self._lines = _Bucket(rate, rate * 10)
+        self._skipped = 0
 
     async def start(self) -> None:
         pass
@@ -76,21 +104,31 @@ class SlowSpans:
         duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
         attributes = span.attributes
         if span.kind == _SERVER and duration_ns > self._server_ns:
-            event = self._request_event(span, duration_ns)
+            describe = self._request_event
             self._requests.inc()
         elif (
             span.kind == _CLIENT
             and duration_ns > self._db_ns
             and (has(attributes, "db.system.name") or has(attributes, "db.system"))
         ):
-            event = self._query_event(span, duration_ns)
+            describe = self._query_event
             self._queries.inc()
         else:
             return 0
         if not has(attributes, "slow"):
             attributes.add(key="slow").value.bool_value = True
-        log.warning(**event)
+        self._log(lambda: describe(span, duration_ns))
         return 1
+
+    def _log(self, describe: Callable[[], dict[str, Any]]) -> None:
+        """One line, unless the rate is spent (then counted, and told on the next line)."""
+        if not self._lines.take():
+            self._skipped += 1
+            return
+        if self._skipped:
+            log.warning("slow_lines_skipped", count=self._skipped, processor=self.name)
+            self._skipped = 0
+        log.warning(**describe())
 
     def _request_event(self, span: Span, duration_ns: int) -> dict[str, Any]:
         path = first(span.attributes, "http.route", "url.path", "http.target")
@@ -123,4 +161,7 @@ class SlowSpans:
     def _scrubbed(self, value: Any, key: str | None = None) -> Any:
         if isinstance(value, list | dict):  # an array or a map: scrubbed as the JSON it logs as
             value = json.dumps(value, ensure_ascii=False, default=str)
-        return self.rules.scrub_text(value, key=key) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        text = self.rules.scrub_text(value, key=key)  # whole first: a cut must not split a secret
+        return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + "…"
