@@ -49,14 +49,14 @@ class QueueSettings:
     # "memory", or the id of a file_storage extension: the queue is kept on disk.
     storage: str = "memory"
     max_size_mib: int = setting(256, minimum=1, maximum=1_000_000)  # on disk, with storage
-    # What does not fit: "refuse" (receivers answer 503 / UNAVAILABLE, the client retries) or
-    # "drop" (counted). Unset: refuse with storage, drop in memory.
-    when_full: str = setting("", choices=("", "refuse", "drop"))
+    # What does not fit: "refuse" (receivers answer 503 / UNAVAILABLE, the client retries:
+    # backpressure) or "drop" (counted), an explicit choice.
+    when_full: str = setting("refuse", choices=("refuse", "drop"))
     directory: str = ""  # the storage extension's, filled in when the config is loaded
 
     @property
     def refuses(self) -> bool:
-        return self.when_full == "refuse" or (not self.when_full and self.storage != "memory")
+        return self.when_full == "refuse"
 
 
 class Permanent(Exception):

@@ -206,3 +206,29 @@ def test_header_values_with_line_breaks_are_refused() -> None:
     settings = OtlpHttpSettings(endpoint="https://otlp.example", headers={"x-key": "a\r\nb: c"})
     with pytest.raises(ConfigError, match=r"exporters\.otlp_http\.headers\.x-key: must not"):
         settings.check("exporters.otlp_http")
+
+
+def test_a_full_queue_asks_the_client_to_send_again(tmp_path: Path) -> None:
+    """Backpressure by default: 503 with Retry-After, not an accepted-then-dropped batch."""
+    from examples.services import free_port
+    from tests.test_receivers import post
+
+    config = f"""
+receivers:
+  otlp: {{protocols: {{http: {{endpoint: "127.0.0.1:0"}}}}}}
+exporters:
+  otlp_http:
+    endpoint: "http://127.0.0.1:{free_port()}"
+    sending_queue: {{queue_size: 1, num_consumers: 1}}
+    retry_on_failure: {{initial_interval: 1s, max_elapsed_time: 60s}}
+service:
+  grace_period: 1s
+  pipelines: {{traces: {{receivers: [otlp], exporters: [otlp_http]}}}}
+"""
+    with Sidecar(tmp_path, config) as sidecar:
+        answers = [post(sidecar, "/v1/traces", trace_request().SerializeToString())
+                   for _ in range(4)]  # fmt: skip
+    statuses = [status for status, _, _ in answers]
+    assert statuses[0] == 200 and 503 in statuses
+    refused = next(headers for status, _, headers in answers if status == 503)
+    assert "Retry-After" in refused

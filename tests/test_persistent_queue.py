@@ -121,16 +121,16 @@ def test_an_item_stays_queued_until_delivered_or_dropped(tmp_path: Path) -> None
     asyncio.run(main())
 
 
-def test_in_memory_the_full_queue_refuses_only_when_asked() -> None:
+def test_in_memory_the_full_queue_refuses_unless_dropping_was_chosen() -> None:
     async def main() -> None:
-        refusing = QueueSettings(queue_size=1, when_full="refuse")
+        refusing = QueueSettings(queue_size=1)  # the default
         queue = sending_queue("m", refusing, lambda _: asyncio.sleep(3600), len, lambda *_: None,
                               PAYLOAD)  # fmt: skip
         queue.submit(b"a")
         with pytest.raises(Refused):
             queue.submit(b"b")
         dropped: list[str] = []
-        full = QueueSettings(queue_size=1)
+        full = QueueSettings(queue_size=1, when_full="drop")
         dropping = sending_queue("m", full, lambda _: asyncio.sleep(3600), len,
                                  lambda _, reason: dropped.append(reason), PAYLOAD)  # fmt: skip
         dropping.submit(b"a")
