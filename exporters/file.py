@@ -3,12 +3,14 @@
 Each line is exactly what the OTLP/HTTP receiver accepts as a JSON body
 (``{"resourceSpans": [...]}`` or ``{"resourceLogs": [...]}``), so a file can be replayed.
 Encoding and writing run on one worker thread: lines keep their order and the event loop
-keeps serving receivers meanwhile.
+keeps serving receivers meanwhile. A write that fails (a full disk) is counted as failed by the
+pipeline and turns the exporter's health entry ``unhealthy`` until a write succeeds again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ class FileExporter:
         self.path = Path(settings.path)
         self._file: BinaryIO | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"exporter-{name}")
+        self._failure: str | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,10 +50,17 @@ class FileExporter:
 
     def _write(self, batch: Batch) -> None:
         assert self._file is not None, "exporter used before start()"
-        self._file.write(otlp_json.encode(batch) + b"\n")
-        self._file.flush()
+        try:
+            self._file.write(otlp_json.encode(batch) + b"\n")
+            self._file.flush()
+        except OSError as error:
+            self._failure = errno.errorcode.get(error.errno or 0, type(error).__name__)
+            raise
+        self._failure = None
 
     def status(self) -> tuple[str, str]:
+        if self._failure:
+            return "unhealthy", f"cannot write to {self.path} ({self._failure})"
         return "healthy", f"writing to {self.path}"
 
     async def shutdown(self) -> None:

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,3 +207,33 @@ def test_health_cli_asks_where_the_default_config_listens(
     else:
         monkeypatch.setenv("OTEL_SIDECAR_HEALTH_ENDPOINT", endpoint)
     assert cli._default_health_url() == url
+
+
+def test_a_file_exporter_that_cannot_write_is_unhealthy_and_counts_failures(
+    tmp_path: Path,
+) -> None:
+    """/dev/full answers every write with ENOSPC, as a full disk does."""
+    config = BASIC_CONFIG.replace("${OUT}", "/dev/full") + (
+        'extensions: {health: {endpoint: "127.0.0.1:0"}}\n'
+    )
+    with Sidecar(tmp_path, config) as sidecar:
+        assert post(sidecar, "/v1/traces", trace_request(spans=3).SerializeToString())[0] == 200
+        deadline = time.monotonic() + 10
+        while True:
+            status, report = _health(sidecar)
+            if report["components"]["file"]["status"] == "unhealthy" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        metrics = urllib.request.urlopen(f"http://{sidecar.endpoints['health']}/metrics").read()
+    assert status == 503
+    assert report["components"]["file"]["message"] == "cannot write to /dev/full (ENOSPC)"
+    labels = 'component="file",reason="export_failed",signal="traces"'
+    assert f"otelsidecar_dropped_items_total{{{labels}}} 3.0" in metrics.decode()
+
+
+def _health(sidecar: Sidecar) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://{sidecar.endpoints['health']}/health") as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
