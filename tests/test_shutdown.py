@@ -85,3 +85,39 @@ def _hangup(sidecar: Sidecar, event: str) -> None:
 
 def _read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_grace_period_bounds_shutdown_with_sentry_stalled(tmp_path: Path) -> None:
+    """A Sentry that takes connections and never answers, 5,000 transactions waiting: SIGTERM
+    ends the process anyway (the sends are cut at the grace period, and counted)."""
+    import socket
+    import threading
+
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(64)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(iter(lambda: stalled.accept()[0], None)),
+                     daemon=True).start()  # fmt: skip
+    port = stalled.getsockname()[1]
+    config = f"""
+receivers: {{otlp: {{protocols: {{http: {{endpoint: "127.0.0.1:0"}}}}}}}}
+processors: {{batch: {{timeout: 50ms}}}}
+exporters:
+  sentry: {{dsn: "http://0123456789abcdef0123456789abcdef@127.0.0.1:{port}/1",
+            transaction_wait: 30s}}
+service:
+  grace_period: 2s
+  pipelines: {{traces: {{receivers: [otlp], processors: [batch], exporters: [sentry]}}}}
+"""
+    try:
+        with Sidecar(tmp_path, config) as sidecar:
+            for _ in range(200):
+                post(sidecar, "/v1/traces", trace_request(spans=25).SerializeToString())
+            # Not a timing assertion: a hang would be the process outliving a generous bound.
+            assert sidecar.stop(timeout=60) == 0
+    finally:
+        stalled.close()
+        for connection in held:
+            connection.close()
+    assert [e["component"] for e in sidecar.named("shutdown_timeout")] == ["sentry"]
