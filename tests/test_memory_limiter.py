@@ -18,13 +18,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from collector.processors.memory_limiter import MemoryLimiterSettings
 from collector.settings import ConfigError
-from tests.sidecar import BASIC_CONFIG, Sidecar
+from tests.sidecar import BASIC_CONFIG, Sidecar, spans_in
 from tests.test_receivers import TRACE_EXPORT, post, trace_request
 
-# Refuse above 1 MiB held; pass each request straight to the (stalled) file exporter.
+# Refuse above 4 MiB held; pass each request straight to the (stalled) file exporter.
 LIMITED_CONFIG = (
     BASIC_CONFIG.replace(
-        "processors:\n", "processors:\n  memory_limiter: {limit_mib: 2, spike_limit_mib: 1}\n"
+        "processors:\n", "processors:\n  memory_limiter: {limit_mib: 8, spike_limit_mib: 4}\n"
     )
     .replace("timeout: 50ms, send_batch_size: 512", "timeout: 50ms, send_batch_size: 1")
     .replace(
@@ -89,12 +89,12 @@ def test_stalled_exporter_gives_backpressure_then_recovers(tmp_path: Path) -> No
     sidecar = Sidecar(tmp_path, LIMITED_CONFIG)
     pipe = StalledPipe(sidecar.output)
     with sidecar:
-        # Three 400 kB requests get stuck behind the stalled exporter and hold 1.2 MB.
+        # Two 400 kB requests stuck behind the stalled exporter hold 6.4 MB (8x, as parsed).
         stuck = [
             threading.Thread(
                 target=post, args=(sidecar, "/v1/traces", big_request(f"s{i}")), daemon=True
             )
-            for i in range(3)
+            for i in range(2)
         ]
         for thread in stuck:
             thread.start()
@@ -134,7 +134,7 @@ def test_stalled_exporter_gives_backpressure_then_recovers(tmp_path: Path) -> No
         for span in ss["spans"]
     ]
     assert "after the stall" in names
-    assert {"s0", "s1", "s2"} <= set(names)
+    assert {"s0", "s1"} <= set(names)
 
 
 def test_spike_limit_must_be_below_limit() -> None:
@@ -144,3 +144,37 @@ def test_spike_limit_must_be_below_limit() -> None:
 
 def test_default_spike_is_a_fifth() -> None:
     assert MemoryLimiterSettings(limit_mib=100).refuse_above_bytes == 80 * 1024 * 1024
+
+
+def test_a_request_that_could_never_fit_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """A gzip bomb (8 KB on the wire, 8 MiB inflated) under limit_mib 64: what it would cost
+    parsed (8 bytes a byte, the measured worst case) is over the limit: 413 before parsing,
+    over HTTP and gRPC; an ordinary request still gets through."""
+    import gzip
+
+    bomb = trace_request(spans=1)
+    bomb.resource_spans[0].scope_spans[0].spans[0].attributes.add(
+        key="payload"
+    ).value.string_value = "x" * (8 << 20)
+    raw = bomb.SerializeToString()
+    config = (
+        BASIC_CONFIG.replace("processors:\n", "processors:\n  memory_limiter: {limit_mib: 64}\n")
+        .replace("max_request_body_size_mib: 1", "max_request_body_size_mib: 20")
+        .replace("max_recv_msg_size_mib: 1", "max_recv_msg_size_mib: 20")
+        .replace(
+            "processors: [batch], exporters: [file]}\n    logs",
+            "processors: [memory_limiter, batch], exporters: [file]}\n    logs",
+        )
+    )
+    with Sidecar(tmp_path, config) as sidecar:
+        status, body, _ = post(
+            sidecar, "/v1/traces", gzip.compress(raw), **{"Content-Encoding": "gzip"}
+        )
+        assert status == 413 and b"memory limit" in body
+        channel = grpc.insecure_channel(sidecar.endpoints["otlp_grpc"])
+        with channel, pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(TRACE_EXPORT)(raw, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert post(sidecar, "/v1/traces", trace_request().SerializeToString())[0] == 200
+        assert sidecar.stop() == 0
+    assert len(spans_in(sidecar.lines())) == 2  # the ordinary request, nothing of the bomb

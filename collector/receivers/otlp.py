@@ -9,13 +9,14 @@ a bad request (HTTP 400, gRPC INVALID_ARGUMENT), :class:`Refused` is retryable b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.component import Consumer
-from collector.memory import HELD
+from collector.component import Consumer, Refused
+from collector.memory import ADMISSION, TooCostly
 from collector.sampling import strip_markers
 from collector.settings import ConfigError, Endpoint, setting
 from collector.signals import Batch, Signal, validate
@@ -64,12 +65,29 @@ class Intake:
     def refused(self, signal: Signal, reason: str) -> None:
         REFUSED.labels(self.transport, signal.value, reason).inc()
 
-    async def accept(self, signal: Signal, batch: Batch, wire_size: int) -> None:
-        """Raises InvalidBatch or Refused; both are counted here.
+    @contextmanager
+    def admission(self, signal: Signal, size: int) -> Iterator[None]:
+        """Around parsing and :meth:`accept`: the memory limiters' say on a request of ``size``
+        bytes (inflated), before it is parsed; what it will cost is held meanwhile. Raises
+        TooCostly (answered 413 / RESOURCE_EXHAUSTED) or Refused (503 / UNAVAILABLE), counted."""
+        with ExitStack() as held:
+            try:
+                held.enter_context(ADMISSION.request(size))
+            except (TooCostly, Refused) as error:
+                self.refused(signal, getattr(error, "reason", "too_large"))
+                raise
+            yield
 
-        The request's bytes count as held in flight (for the memory limiter) until the
-        pipeline has taken the batch.
-        """
+    def check_admission(self, signal: Signal, size: int) -> None:
+        """:meth:`admission`'s verdict without holding anything, before a body is read."""
+        try:
+            ADMISSION.check(size)
+        except (TooCostly, Refused) as error:
+            self.refused(signal, getattr(error, "reason", "too_large"))
+            raise
+
+    async def accept(self, signal: Signal, batch: Batch, wire_size: int) -> None:
+        """Raises InvalidBatch or Refused; both are counted here."""
         try:
             count = validate(batch)
         except ValueError:
@@ -78,8 +96,7 @@ class Intake:
         if isinstance(batch, ExportTraceServiceRequest):
             strip_markers(batch)
         try:
-            with HELD.request(wire_size):
-                await self._consumers[signal].consume(batch)
+            await self._consumers[signal].consume(batch)
         except Exception as error:
             self.refused(signal, getattr(error, "reason", "internal"))
             raise

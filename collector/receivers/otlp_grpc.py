@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from collector.component import Refused
-from collector.memory import MIB
+from collector.memory import MIB, TooCostly
 from collector.receivers.otlp import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
@@ -67,6 +67,19 @@ class OtlpGrpcServer:
         intake = self.intake
 
         async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                with intake.admission(signal, len(request)):
+                    return await parse_and_accept(request, context)
+            except TooCostly:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    "request too large for the memory limit")  # fmt: skip
+            except Refused as refusal:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
+                )
+            return success  # not reached: abort raises
+
+        async def parse_and_accept(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
                 batch = parse(request)
             except DecodeError:

@@ -19,7 +19,7 @@ from google.rpc.status_pb2 import Status
 from collector import otlp_json
 from collector.component import Refused
 from collector.http import listen
-from collector.memory import MIB
+from collector.memory import MIB, TooCostly
 from collector.receivers.otlp import HttpSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
@@ -83,6 +83,13 @@ class OtlpHttpServer:
         if request.content_length is not None and request.content_length > self._limit:
             intake.refused(signal, "too_large")
             return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
+        if request.content_length is not None:
+            try:  # not a byte read for a request that would be refused anyway
+                intake.check_admission(signal, request.content_length)
+            except TooCostly:
+                return _status(413, _RESOURCE_EXHAUSTED, _TOO_COSTLY, content_type)
+            except Refused as refusal:
+                return self._overloaded(refusal, content_type)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -107,6 +114,18 @@ class OtlpHttpServer:
                 content_type,
             )
         try:
+            with intake.admission(signal, len(body)):
+                return await self._parse_and_accept(signal, body, content_type)
+        except TooCostly:
+            return _status(413, _RESOURCE_EXHAUSTED, _TOO_COSTLY, content_type)
+        except Refused as refusal:
+            return self._overloaded(refusal, content_type)
+
+    async def _parse_and_accept(
+        self, signal: Signal, body: bytes, content_type: str
+    ) -> web.Response:
+        intake = self.intake
+        try:
             if content_type == PROTOBUF:
                 batch = signal.request_type.FromString(body)
             else:
@@ -120,18 +139,25 @@ class OtlpHttpServer:
         except InvalidBatch as error:
             return _status(400, _INVALID_ARGUMENT, str(error), content_type)
         except Refused as refusal:
-            response = _status(
-                503, _UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry", content_type
-            )
-            response.headers["Retry-After"] = str(max(1, round(refusal.retry_after_s)))
-            return response
+            return self._overloaded(refusal, content_type)
         except Exception:
             log.exception("receiver_error", receiver=intake.transport, signal=signal.value)
             return _status(500, _INTERNAL, "internal error", content_type)
         return _encoded(200, signal.success_response(), content_type)
 
+    @staticmethod
+    def _overloaded(refusal: Refused, content_type: str) -> web.Response:
+        response = _status(
+            503, _UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry", content_type
+        )
+        response.headers["Retry-After"] = str(max(1, round(refusal.retry_after_s)))
+        return response
+
     def _too_large(self) -> str:
         return f"request body exceeds {self.settings.max_request_body_size_mib} MiB"
+
+
+_TOO_COSTLY = "request too large for the memory limit"
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
