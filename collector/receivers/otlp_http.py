@@ -18,7 +18,7 @@ from google.rpc.status_pb2 import Status
 
 from collector import otlp_json
 from collector.component import Refused
-from collector.http import listen
+from collector.http import BODY_TIMEOUT_S, listen
 from collector.memory import MIB, TooCostly
 from collector.receivers.otlp import HttpSettings, Intake
 from collector.signals import InvalidBatch, Signal
@@ -91,10 +91,13 @@ class OtlpHttpServer:
             except Refused as refusal:
                 return self._overloaded(refusal, content_type)
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
         except web.HTTPRequestEntityTooLarge:
             intake.refused(signal, "too_large")
             return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
+        except TimeoutError:  # a body trickling in: the connection is not kept for it
+            intake.refused(signal, "timeout")
+            return _status(408, _UNAVAILABLE, "request body too slow", content_type)
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding == "gzip":
             try:
