@@ -131,6 +131,10 @@ class OtlpHttpServer:
         try:
             if content_type == PROTOBUF:
                 batch = signal.request_type.FromString(body)
+            elif len(body) > _JSON_ON_LOOP_MAX:
+                # Decoding JSON is Python work (seconds for 10 MiB): off the loop, so that
+                # health probes and other requests are answered meanwhile.
+                batch = await asyncio.to_thread(otlp_json.decode, body, signal)
             else:
                 batch = otlp_json.decode(body, signal)
         except (DecodeError, otlp_json.InvalidJson) as error:
@@ -161,6 +165,7 @@ class OtlpHttpServer:
 
 
 _TOO_COSTLY = "request too large for the memory limit"
+_JSON_ON_LOOP_MAX = 256 << 10
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
