@@ -2,11 +2,12 @@
 
 Every component that keeps a batch beyond one ``consume`` call (the batch processor's pending
 batch, exporters' queues) holds its size here while it keeps it, and releases it after.
-Receivers hold each request's bytes while the pipeline works on it, through
-:meth:`HeldBytes.request`, which also remembers them for the request's own task so that the
-memory limiter can judge the level *before* that request (:meth:`HeldBytes.before_request`):
-admission then lets the level reach at most the mark plus one request, and refuses everything
-after that while an exporter is stalled. The counter is process-wide: one sidecar, one process.
+Receivers hold each request's cost (what :class:`Admission` judged it will take once parsed)
+while the pipeline works on it, through :meth:`HeldBytes.request`, which also remembers it for
+the request's own task so that the memory limiter can judge the level *before* that request
+(:meth:`HeldBytes.before_request`): admission then lets the level reach at most the mark plus
+one request, and refuses everything after that while an exporter is stalled. The counter is
+process-wide: one sidecar, one process.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class HeldBytes:
 
     @contextmanager
     def request(self, size: int) -> Iterator[None]:
-        """Hold a request's bytes while its task hands the batch down the pipeline: its
-        ``size`` as parsed objects take it (:data:`PARSED_FACTOR` times its serialised size)."""
+        """Hold a request's bytes while its task hands the batch down the pipeline (what
+        :class:`Admission` judged it will cost)."""
         token = _THIS_REQUEST.set(size)
         self.hold(size)
         try:
@@ -93,12 +94,16 @@ class Admission:
         if limit in self._limits:
             self._limits.remove(limit)
 
+    @staticmethod
+    def cost(size: int) -> int:
+        return size * PARSED_FACTOR
+
     def check(self, size: int) -> None:
         """Raises TooCostly or :class:`~collector.component.Refused` if a request of ``size``
         bytes would be refused now: asked before its body is even read."""
         from collector.component import Refused  # (component imports signals, not this)
 
-        cost = size * PARSED_FACTOR
+        cost = self.cost(size)
         for limit in self._limits:
             if cost > limit.mark:
                 raise TooCostly(f"{cost} bytes once parsed, over the {limit.mark} allowed")
@@ -109,7 +114,7 @@ class Admission:
     def request(self, size: int) -> Iterator[None]:
         """Raises as :meth:`check`, else holds the request's cost while its task runs."""
         self.check(size)
-        with HELD.request(size * PARSED_FACTOR):
+        with HELD.request(self.cost(size)):
             yield
 
 

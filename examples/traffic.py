@@ -1,8 +1,8 @@
 """Realistic traffic for the HelloAgents backend: what `make demo`, the tests and the overhead
 benchmark send.
 
-A weighted mix of the service's requests from the seeded learners, some slow (> 1 s), some
-failing deep inside the code sandbox, some timing out; every request carries an
+A weighted mix of the service's requests from the learners the database starts with, some
+slow (> 1 s), some failing deep inside the code sandbox, some timing out; every request carries an
 ``Authorization`` bearer token and a session cookie whose values must never reach an output.
 """
 

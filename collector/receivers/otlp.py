@@ -86,7 +86,7 @@ class Intake:
             self.refused(signal, getattr(error, "reason", "too_large"))
             raise
 
-    async def accept(self, signal: Signal, batch: Batch, wire_size: int) -> None:
+    async def accept(self, signal: Signal, batch: Batch) -> None:
         """Raises InvalidBatch or Refused; both are counted here."""
         try:
             count = validate(batch)

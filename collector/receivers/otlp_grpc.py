@@ -88,7 +88,7 @@ class OtlpGrpcServer:
                     grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid OTLP protobuf message"
                 )
             try:
-                await intake.accept(signal, batch, len(request))
+                await intake.accept(signal, batch)
             except InvalidBatch as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except Refused as refusal:

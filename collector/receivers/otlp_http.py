@@ -142,7 +142,7 @@ class OtlpHttpServer:
             detail = str(error) if content_type == JSON else "not a valid OTLP protobuf message"
             return _status(400, _INVALID_ARGUMENT, f"malformed request: {detail}", content_type)
         try:
-            await intake.accept(signal, batch, len(body))
+            await intake.accept(signal, batch)
         except InvalidBatch as error:
             return _status(400, _INVALID_ARGUMENT, str(error), content_type)
         except Refused as refusal:
