@@ -10,7 +10,6 @@ retried, after ``Retry-After`` when the server gives one, else with backoff and 
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -18,6 +17,7 @@ import aiohttp
 
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal
+from exporters.compression import gzip_compress
 from exporters.otlp_base import OtlpSender, Payload
 from exporters.retry import Permanent, QueueSettings, Retryable, RetrySettings, Throttled
 
@@ -75,7 +75,7 @@ class OtlpHttpExporter(OtlpSender):
     def _encode(self, batch: Batch) -> bytes:
         body = batch.SerializeToString()
         if self._settings.compression == "gzip":
-            body = gzip.compress(body, compresslevel=6)
+            body = gzip_compress(body)
         return body
 
     async def _send(self, payload: Payload) -> bytes:

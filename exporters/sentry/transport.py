@@ -13,7 +13,6 @@ sentry-python does (``queue_overflow``, ``ratelimit_backoff``, ``send_error``,
 from __future__ import annotations
 
 import asyncio
-import gzip
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from sentry_sdk.utils import Dsn
 from collector import __version__
 from collector.component import Refused
 from collector.telemetry import DROPPED, EXPORTED, log
+from exporters.compression import gzip_compress
 from exporters.queue import sending_queue
 from exporters.retry import QueueSettings, RetrySettings
 from exporters.sentry.envelope import OUTGOING, Outgoing, category, client_report, quantity
@@ -144,7 +144,7 @@ class SentryTransport:
         reports, reported = self._take_client_report()
         if not outgoing.items and not reports:
             return
-        body = gzip.compress(outgoing.serialize(reports), compresslevel=6)
+        body = gzip_compress(outgoing.serialize(reports))
         for delay in chain([0.0], self._retry.delays()):
             await asyncio.sleep(delay)
             status = await self._post(body)

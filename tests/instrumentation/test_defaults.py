@@ -7,6 +7,7 @@ import re
 
 import pytest
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -115,3 +116,15 @@ class TestResource:
         assert found["service.version"] == "shop@2.0.1"
         assert found["process.runtime.name"] == "cpython" and found["host.name"]
         assert found["os.type"] == "linux"
+
+    def test_the_resource_is_hashed_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # The OTLP encoders hash the resource for every span and log record they encode.
+        made = Resource.create({"service.name": "shop", "host.name": "pod-1"})
+        expected = hash(made)
+        resource.hash_once(made)
+        calls: list[Resource] = []
+        monkeypatch.setattr(Resource, "__hash__", lambda self: calls.append(self) or expected)
+        assert hash(made) == hash(made) == expected
+        assert len(calls) == 1
+        assert made == Resource.create({"service.name": "shop", "host.name": "pod-1"})
+        assert made.attributes["host.name"] == "pod-1"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
 from otel_sidecar.instrumentation import environment_variables as env
@@ -28,6 +29,7 @@ class SidecarConfigurator(_OTelSDKConfigurator):
         kwargs.setdefault("resource_attributes", resource.default_attributes())
         kwargs["span_processors"] = [*kwargs.get("span_processors", []), LOCAL_ROOTS]
         super()._configure(**kwargs)
+        resource.hash_once(getattr(trace.get_tracer_provider(), "resource", None))
         detail = exceptions.Detail(
             variables=settings.flag(env.OTEL_SIDECAR_APP_LOCAL_VARIABLES),
             source=settings.flag(env.OTEL_SIDECAR_APP_SOURCE_CONTEXT),

@@ -15,7 +15,7 @@ import socket
 import sys
 from typing import Any
 
-from opentelemetry.sdk.resources import OTELResourceDetector
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 
 # ``uvicorn helloagents.main:app``, ``gunicorn app:create_app()``: the app's module.
 _APP_ARGUMENT = re.compile(r"(?P<module>[A-Za-z_][\w.]*):[A-Za-z_][\w.]*(\(.*\))?")
@@ -58,3 +58,23 @@ def _runtime() -> dict[str, Any]:
         "host.name": socket.gethostname(),
         "host.arch": platform.machine(),
     }
+
+
+class _HashedOnce(Resource):
+    """A resource that computes its hash once. The OTLP encoders group every span and log
+    record by resource in a dict, and ``Resource.__hash__`` dumps all the attributes to JSON
+    each time (9 µs per item for this module's attributes, measured); a resource never
+    changes once made."""
+
+    _hash: int | None = None
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = super().__hash__()
+        return self._hash
+
+
+def hash_once(resource: object) -> None:
+    """Make the SDK's resource (shared by its providers) one that hashes once."""
+    if type(resource) is Resource:
+        resource.__class__ = _HashedOnce
