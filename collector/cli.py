@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from collector import __version__
 from collector import config as config_module
+from collector.loop_lag import LOOP_LAG
 from collector.pipeline import Service
 from collector.settings import ConfigError
 from collector.telemetry import configure_logging, log
@@ -128,6 +129,16 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(config: config_module.Config, reload: Callable[[], config_module.Config]) -> int:
     """Run until SIGTERM or SIGINT; on SIGHUP, read the config again and, if it is valid,
     restart the pipelines on it (as the Collector does), else keep the running one."""
+    LOOP_LAG.start()
+    try:
+        return await _serve_until_stopped(config, reload)
+    finally:
+        await LOOP_LAG.stop()
+
+
+async def _serve_until_stopped(
+    config: config_module.Config, reload: Callable[[], config_module.Config]
+) -> int:
     service = await _start(config)
     if service is None:
         return 1

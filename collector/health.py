@@ -5,9 +5,15 @@
     {"status": "healthy", "timestamp": "...", "version": "...",
      "components": {"otlp_grpc": {"status": "healthy", "message": "listening on ..."}, ...}}
 
-``/health/live`` answers while the process runs (never depends on anything downstream);
+``/health/live`` answers while the process runs (never depends on anything downstream) and its
+event loop is not stuck (503 once the loop has been :data:`STALLED_S` behind);
 ``/health/ready`` once the pipelines are built and the receivers listen, until shutdown starts;
-``/metrics`` is Prometheus text. Optional ``checks`` probe the app's own dependencies in the
+``/metrics`` is Prometheus text.
+
+The server runs on an event loop of its own, in its own thread: a request that keeps the
+pipelines' loop busy (parsing, scrubbing a 20 MiB batch) cannot delay a probe past its timeout
+and get a working pod restarted. The health JSON is still computed on the pipelines' loop,
+where the state it reports lives. Optional ``checks`` probe the app's own dependencies in the
 background (a database, an HTTP service, a TCP port) and add them as components, as the
 monitoring guide's backend did. No message ever carries a URL, DSN or header value.
 """
@@ -33,10 +39,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import __version__
 from collector.http import listen
+from collector.loop_lag import LOOP_LAG
 from collector.settings import ConfigError, Duration, Endpoint, setting
 from collector.telemetry import REGISTRY, log
 
 HEALTHY, UNHEALTHY = "healthy", "unhealthy"
+# Liveness fails once the pipelines' loop has run nothing for this long: no single request
+# takes a tenth of it, and a probe's default period times failures is 30 s.
+STALLED_S = 10.0
+_REPORT_TIMEOUT_S = 5.0
 _DATABASE_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "redis": 6379,
                    "mongodb": 27017, "mssql": 1433}  # fmt: skip
 
@@ -81,8 +92,27 @@ class HealthServer:
         }
         self._runner: web.AppRunner | None = None
         self._probes: list[asyncio.Task[None]] = []
+        self._pipelines_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: _LoopThread | None = None
 
     async def start(self) -> None:
+        self._pipelines_loop = asyncio.get_running_loop()
+        self._thread = _LoopThread(f"{self.name}-server")
+        try:
+            await self._thread.run(self._serve())
+        except BaseException:
+            self._thread.stop()
+            raise
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        if self._thread is not None:
+            await self._thread.run(self._stop_serving())
+            self._thread.stop()
+            self._thread = None
+
+    async def _serve(self) -> None:
+        """On the server's own loop."""
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/health/live", self._live)
@@ -95,8 +125,7 @@ class HealthServer:
             for name, probe in self.settings.checks.items()
         ]
 
-    async def shutdown(self) -> None:
-        self.ready = False
+    async def _stop_serving(self) -> None:
         for task in self._probes:
             task.cancel()
         await asyncio.gather(*self._probes, return_exceptions=True)
@@ -115,11 +144,30 @@ class HealthServer:
         }
 
     async def _health(self, request: web.Request) -> web.Response:
-        report = self.report()
+        try:
+            report = await asyncio.wait_for(self._report_from_pipelines(), _REPORT_TIMEOUT_S)
+        except TimeoutError:
+            return web.json_response(
+                {"status": UNHEALTHY, "message": "the pipelines' event loop is not answering"},
+                status=503,
+            )
         return web.json_response(report, status=200 if report["status"] == HEALTHY else 503,
                                  dumps=_dumps)  # fmt: skip
 
+    async def _report_from_pipelines(self) -> dict[str, Any]:
+        assert self._pipelines_loop is not None
+
+        async def report() -> dict[str, Any]:
+            return self.report()
+
+        future = asyncio.run_coroutine_threadsafe(report(), self._pipelines_loop)
+        return await asyncio.wrap_future(future)
+
     async def _live(self, request: web.Request) -> web.Response:
+        lag = LOOP_LAG.lag_s()
+        if lag > STALLED_S:
+            return web.json_response({"status": "stalled", "event_loop_lag_s": round(lag, 1)},
+                                     status=503)  # fmt: skip
         return web.json_response({"status": "alive"})
 
     async def _ready(self, request: web.Request) -> web.Response:
@@ -142,6 +190,25 @@ class HealthServer:
                 self._checks[name] = _result(UNHEALTHY, f"check failed: {type(error).__name__}")
                 log.warning("health_check_failed", check=name, error=type(error).__name__)
             await asyncio.sleep(max(0.0, probe.interval - (time.monotonic() - started)))
+
+
+class _LoopThread:
+    """An event loop of its own, running in a daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, work: Any) -> Any:
+        """Await a coroutine on this thread's loop from another loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class _Lookup:

@@ -5,9 +5,10 @@ batch, exporters' queues) holds its size here while it keeps it, and releases it
 Receivers hold each request's cost (what :class:`Admission` judged it will take once parsed)
 while the pipeline works on it, through :meth:`HeldBytes.request`, which also remembers it for
 the request's own task so that the memory limiter can judge the level *before* that request
-(:meth:`HeldBytes.before_request`): admission then lets the level reach at most the mark plus
-one request, and refuses everything after that while an exporter is stalled. The counter is
-process-wide: one sidecar, one process.
+(:meth:`HeldBytes.before_request`). Admission lets a request in when what it will cost fits
+under the mark beside what is held, or when nothing is held at all (one that could never fit
+is refused as too costly), so everything is refused while a stalled exporter holds the mark.
+The counter is process-wide: one sidecar, one process.
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ class Admission:
         for limit in self._limits:
             if cost > limit.mark:
                 raise TooCostly(f"{cost} bytes once parsed, over the {limit.mark} allowed")
-            if limit.over or HELD.value > limit.mark:
+            # With nothing held, any request that could fit is let in: otherwise a resident
+            # size the allocator keeps after a spike (freed, not returned) would refuse
+            # everything for good. With something held, only one that fits beside it.
+            if HELD.value and (limit.over or HELD.value + cost > limit.mark):
                 raise Refused("memory_limit", limit.retry_after_s)
 
     @contextmanager

@@ -63,6 +63,22 @@ class FanOut:
             )
 
 
+class Door:
+    """A pipeline's entrance: before any of its processors takes a batch, every exporter says
+    whether it has room (``admit`` raises Refused, answered 503 / UNAVAILABLE). Past this
+    point nothing is refused for want of queue room, so a batch that a processor (``batch``)
+    holds after its request was answered cannot be refused later and lost."""
+
+    def __init__(self, head: Consumer, exporters: Sequence[Any]) -> None:
+        self._head = head
+        self._exporters = list(exporters)
+
+    async def consume(self, batch: Batch) -> None:
+        for exporter in self._exporters:
+            exporter.admit()
+        await self._head.consume(batch)
+
+
 class Tee:
     """Feeds one receiver's batches to several pipelines of a signal, each its own copy
     (processors change batches in place)."""
@@ -101,7 +117,7 @@ class Service:
                 chain.insert(0, head)
             _share_scrub_rules(chain)
             self.processors.extend(chain)
-            heads[name] = (signal, head)
+            heads[name] = (signal, Door(head, [self.exporters[e] for e in pipeline.exporters]))
             if signal is Signal.TRACES:
                 self._tell_sample_rate(config, pipeline)
         self.receivers = {}

@@ -43,6 +43,9 @@ class FileExporter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("ab")
 
+    def admit(self) -> None:
+        """Nothing queued here: every batch is written as it comes."""
+
     async def consume(self, batch: Batch) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._worker, self._write, batch)

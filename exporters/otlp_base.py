@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from collector.component import Refused
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, EXPORTED, log
 from exporters.queue import sending_queue
@@ -66,8 +67,14 @@ class OtlpSender:
             await self._queue.stop()
             await self._close()
 
+    def admit(self) -> None:
+        """Raises Refused("queue_full") when the queue has no room and refuses (the door)."""
+        if self._queue.refuses and self._queue.room() == 0:
+            raise Refused("queue_full")
+
     async def consume(self, batch: Batch) -> None:
-        self._queue.submit(Payload(signal_of(batch), self._encode(batch), item_count(batch)))
+        payload = Payload(signal_of(batch), self._encode(batch), item_count(batch))
+        self._queue.submit(payload, force=self._queue.refuses)
 
     async def _deliver(self, payload: Payload) -> None:
         try:

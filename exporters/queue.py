@@ -1,8 +1,12 @@
 """The sending queue exporters share: bounded, drained by a few workers, its bytes counted.
 
-``submit`` never waits: an item that does not fit is refused (:class:`Refused`: receivers
-answer 503 / UNAVAILABLE) or goes to the exporter's ``on_drop`` (counted and reported), as
-``when_full`` says, so a slow destination can never make the sidecar grow. While queued, an
+``submit`` never waits. With ``when_full: refuse`` the refusal comes earlier, at the pipeline's
+door (:meth:`room` is 0: receivers answer 503 / UNAVAILABLE before anything takes the batch),
+and what was let in is always queued (``force``), if need be past ``queue_size`` by what the
+pipeline held when the door closed: data the sidecar acknowledged is never dropped for want of
+room, and the memory limiter bounds it all. With ``when_full: drop`` an item that does not fit
+goes to the exporter's ``on_drop`` (counted and reported). Either way a slow destination can
+never make the sidecar grow without bound. While queued, an
 item's size is held in :mod:`collector.memory`, which the memory limiter watches. With a
 storage extension the queue is kept on disk instead (:mod:`exporters.storage`).
 """
@@ -49,7 +53,8 @@ class SendingQueue(Generic[T]):
         on_drop: Callable[[T, str], None],
     ) -> None:
         self.name = name
-        self._queue: asyncio.Queue[T] = asyncio.Queue(settings.queue_size)
+        self._queue: asyncio.Queue[T] = asyncio.Queue()  # bounded here, by queue_size
+        self._capacity = settings.queue_size
         self._workers_wanted = settings.num_consumers
         self._refuse = settings.refuses
         self._deliver = deliver
@@ -63,18 +68,27 @@ class SendingQueue(Generic[T]):
             for index in range(self._workers_wanted)
         ]
 
-    def submit(self, item: T) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+    def submit(self, item: T, force: bool = False) -> None:
+        """Queue ``item``; when full, raise Refused or drop it as ``when_full`` says, unless
+        ``force``: data already acknowledged upstream, let in while there was room."""
+        if not force and self.room() == 0:
             if self._refuse:
-                raise Refused("queue_full") from None
+                raise Refused("queue_full")
             self._on_drop(item, "queue_full")
             return
+        self._queue.put_nowait(item)
         HELD.hold(self._size_of(item))
 
     def empty(self) -> bool:
         return self._queue.empty()
+
+    def room(self) -> int:
+        """Items that can be submitted now without a refusal or a drop."""
+        return max(0, self._capacity - self._queue.qsize())
+
+    @property
+    def refuses(self) -> bool:
+        return self._refuse
 
     async def drain(self) -> None:
         """Returns when everything submitted so far was delivered or dropped."""

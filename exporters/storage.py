@@ -123,6 +123,14 @@ class PersistentQueue(Generic[T]):
                       error=type(error).__name__)  # fmt: skip
             return _connect(self.path)
 
+    def room(self) -> int:
+        """Items that can be submitted now without a refusal or a drop."""
+        return 0 if self._bytes >= self._max_bytes else max(0, self._max_items - self._items)
+
+    @property
+    def refuses(self) -> bool:
+        return self._refuse
+
     def empty(self) -> bool:
         return self._items == 0
 
@@ -146,9 +154,11 @@ class PersistentQueue(Generic[T]):
 
     # --- in and out ------------------------------------------------------------------------
 
-    def submit(self, item: T) -> None:
+    def submit(self, item: T, force: bool = False) -> None:
+        """As :meth:`SendingQueue.submit <exporters.queue.SendingQueue.submit>`."""
         body = self._codec.encode(item)
-        if self._items >= self._max_items or self._bytes + len(body) > self._max_bytes:
+        full = self._items >= self._max_items or self._bytes + len(body) > self._max_bytes
+        if full and not force:
             if self._refuse:
                 raise Refused("queue_full")
             self._on_drop(item, "queue_full")

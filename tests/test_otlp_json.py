@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -13,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector import otlp_json
 from collector.signals import Signal
+from tests.test_receivers import trace_request
 
 
 def rich_trace_request() -> ExportTraceServiceRequest:
@@ -134,3 +136,16 @@ def test_snake_case_keys_and_unknown_fields_are_accepted() -> None:
 def test_not_otlp_json(body: bytes) -> None:
     with pytest.raises(otlp_json.InvalidJson):
         otlp_json.decode(body, Signal.TRACES)
+
+
+def test_a_large_batch_is_encoded_in_pieces_to_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One json.dumps of a whole batch would hold the interpreter lock for all of it.
+    request = trace_request(spans=1000)
+    whole = json.dumps(otlp_json.message_to_dict(request), separators=(",", ":")).encode()
+    dumped: list[Any] = []
+    dumps = otlp_json._dumps
+    monkeypatch.setattr(otlp_json, "_dumps", lambda value: dumped.append(value) or dumps(value))
+    assert otlp_json.encode(request) == whole
+    assert max(len(value) for value in dumped if isinstance(value, list)) == 256

@@ -9,6 +9,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,7 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.sidecar import Sidecar, spans_in
+from collector import otlp_json
+from tests.sidecar import BASIC_CONFIG, Sidecar, spans_in
 
 PROTOBUF = "application/x-protobuf"
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -266,3 +268,22 @@ def test_all_zero_ids_are_refused_as_invalid(field: str, shared_sidecar: Sidecar
     setattr(span, field, bytes(len(getattr(span, field))))
     status, body, _ = post(shared_sidecar, "/v1/traces", request.SerializeToString())
     assert status == 400 and b"all-zero" in body
+
+
+def test_json_bodies_are_capped_below_protobuf(tmp_path: Path) -> None:
+    """Decoding JSON cannot be interrupted: past 2 MiB (sent or inflated) it is refused with
+    a clear 413, while a protobuf body of the same size is taken."""
+    config = BASIC_CONFIG.replace("max_request_body_size_mib: 1", "max_request_body_size_mib: 16")
+    big = trace_request(spans=1, name="five MiB")
+    big.resource_spans[0].scope_spans[0].spans[0].attributes.add(
+        key="payload"
+    ).value.string_value = "x" * (5 * MIB)
+    with Sidecar(tmp_path, config) as sidecar:
+        json_body = otlp_json.encode(big)
+        gzipped = {"Content-Encoding": "gzip"}
+        for body, headers in ((json_body, {}), (gzip.compress(json_body), gzipped)):
+            status, answer, _ = post(sidecar, "/v1/traces", body, "application/json", **headers)
+            assert status == 413
+            assert "OTLP/JSON body exceeds 2 MiB" in json.loads(answer)["message"]
+        status, _, _ = post(sidecar, "/v1/traces", big.SerializeToString())
+        assert status == 200

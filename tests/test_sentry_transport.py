@@ -14,6 +14,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from collector.component import Refused
 from collector.settings import ConfigError, Duration
 from exporters.retry import QueueSettings, RetrySettings
 from exporters.sentry import SentryExporter, SentrySettings
@@ -249,7 +250,35 @@ def test_dead_sentry_gives_up_after_max_elapsed_time(sink: SentrySink) -> None:
     assert sink.events("transaction") == []
 
 
-def test_full_queue_drops_and_reports_overflow(sink: SentrySink) -> None:
+def test_full_queue_refuses_at_the_door_and_drops_nothing(sink: SentrySink) -> None:
+    """Sentry failing: while the queue is full the exporter refuses new batches (the
+    pipeline's door asks it first; the client sends them again later); what it let in is
+    delivered once Sentry answers, nothing dropped."""
+    sink.answer(500, times=8)  # the first envelope is retried while the second waits
+
+    async def scenario(exporter: SentryExporter) -> None:
+        def refuses() -> bool:
+            try:
+                exporter.admit()
+            except Refused as refusal:
+                return refusal.reason == "queue_full"
+            return False
+
+        for _ in range(2):
+            exporter.admit()
+            await exporter.consume(batch(Trace().span("GET /", kind=Span.SPAN_KIND_SERVER)))
+        await until(refuses)
+        await until(lambda: len(sink.events("transaction")) == 2)
+        assert not refuses()
+
+    retry = RetrySettings(initial_interval=Duration(0.2), max_interval=Duration(0.2),
+                          max_elapsed_time=Duration(10))  # fmt: skip
+    run(sink, scenario, sending_queue=QueueSettings(queue_size=1, num_consumers=1),
+        retry_on_failure=retry)  # fmt: skip
+    assert not [r for r in sink.client_reports() if r["reason"] == "queue_overflow"]
+
+
+def test_full_queue_drops_and_reports_overflow_when_told_to(sink: SentrySink) -> None:
     sink.answer(500, times=3)
 
     async def scenario(exporter: SentryExporter) -> None:
@@ -258,7 +287,8 @@ def test_full_queue_drops_and_reports_overflow(sink: SentrySink) -> None:
             await asyncio.sleep(0.1)
         await until(lambda: any(r.items("client_report") for r in sink.received))
 
-    run(sink, scenario, sending_queue=QueueSettings(queue_size=1, num_consumers=1))
+    queue = QueueSettings(queue_size=1, num_consumers=1, when_full="drop")
+    run(sink, scenario, sending_queue=queue)
     reports = [r for r in sink.client_reports() if r["reason"] == "queue_overflow"]
     assert sum(r["quantity"] for r in reports) >= 2
 

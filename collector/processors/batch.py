@@ -3,7 +3,8 @@
 A batch is sent on when it holds ``send_batch_size`` items or when ``timeout`` has passed since
 its first item arrived. A request that alone fills a batch passes straight through, uncopied.
 Sending awaits the next consumer, so a slow exporter slows the receivers (backpressure) rather
-than letting batches pile up here.
+than letting batches pile up here; exporters with full queues refuse at the pipeline's door
+(:class:`~collector.pipeline.Door`), before a request's items join a pending batch.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from collector.component import Consumer
+from collector.component import Consumer, Refused
 from collector.memory import HELD
 from collector.settings import Duration, setting
 from collector.signals import Batch, Signal, item_count
+from collector.telemetry import DROPPED
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ class BatchProcessor:
 
     def _send_on_timeout(self) -> None:
         self._timer = None
-        task = asyncio.get_running_loop().create_task(self._send())
+        task = asyncio.get_running_loop().create_task(self._send_answered(self._pending_items))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
+
+    async def _send_answered(self, items: int) -> None:
+        """Send what requests already answered left pending: a refusal now (storage failing;
+        room is checked at the pipeline's door) has nobody to ask to resend, so it is counted."""
+        try:
+            await self._send()
+        except Refused as refusal:
+            DROPPED.labels(self.name, self._signal.value, refusal.reason).inc(items)

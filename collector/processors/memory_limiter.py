@@ -85,7 +85,8 @@ class MemoryLimiter:
             await asyncio.sleep(self._interval)
 
     async def consume(self, batch: Batch) -> None:
-        if self.over or HELD.before_request() > self.mark:
+        held = HELD.before_request()
+        if held and (self.over or held > self.mark):
             # Counted by the receiver that answers the retryable refusal (reason memory_limit).
             raise Refused("memory_limit", self.retry_after_s)
         await self._next.consume(batch)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.component import Consumer, Refused
+from collector.loop_lag import LOOP_LAG
 from collector.memory import ADMISSION, TooCostly
 from collector.sampling import strip_markers
 from collector.settings import ConfigError, Endpoint, setting
@@ -33,7 +34,7 @@ class GrpcSettings:
 class HttpSettings:
     endpoint: Endpoint = setting(Endpoint("127.0.0.1:4318"))
     # Bounds the body as sent and, separately, after gzip is undone (a gzip bomb is refused).
-    max_request_body_size_mib: int = setting(20, minimum=1, maximum=1024)
+    max_request_body_size_mib: int = setting(8, minimum=1, maximum=1024)
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,11 @@ class Intake:
     def admission(self, signal: Signal, size: int) -> Iterator[None]:
         """Around parsing and :meth:`accept`: the memory limiters' say on a request of ``size``
         bytes (inflated), before it is parsed; what it will cost is held meanwhile. Raises
-        TooCostly (answered 413 / RESOURCE_EXHAUSTED) or Refused (503 / UNAVAILABLE), counted."""
+        TooCostly (answered 413 / RESOURCE_EXHAUSTED) or Refused (503 / UNAVAILABLE), counted;
+        Refused also while the event loop runs late (:mod:`collector.loop_lag`)."""
         with ExitStack() as held:
             try:
+                LOOP_LAG.check()
                 held.enter_context(ADMISSION.request(size))
             except (TooCostly, Refused) as error:
                 self.refused(signal, getattr(error, "reason", "too_large"))
@@ -81,6 +84,7 @@ class Intake:
     def check_admission(self, signal: Signal, size: int) -> None:
         """:meth:`admission`'s verdict without holding anything, before a body is read."""
         try:
+            LOOP_LAG.check()
             ADMISSION.check(size)
         except (TooCostly, Refused) as error:
             self.refused(signal, getattr(error, "reason", "too_large"))

@@ -80,35 +80,12 @@ class OtlpHttpServer:
                 f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}",
                 PROTOBUF,
             )
-        if request.content_length is not None and request.content_length > self._limit:
+        limit = self._limit if content_type == PROTOBUF else min(self._limit, MAX_JSON_BODY)
+        if request.content_length is not None and request.content_length > limit:
             intake.refused(signal, "too_large")
-            return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
-        if request.content_length is not None:
-            try:  # not a byte read for a request that would be refused anyway
-                intake.check_admission(signal, request.content_length)
-            except TooCostly:
-                return _status(413, _RESOURCE_EXHAUSTED, _TOO_COSTLY, content_type)
-            except Refused as refusal:
-                return self._overloaded(refusal, content_type)
-        try:
-            body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
-        except web.HTTPRequestEntityTooLarge:
-            intake.refused(signal, "too_large")
-            return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
-        except TimeoutError:  # a body trickling in: the connection is not kept for it
-            intake.refused(signal, "timeout")
-            return _status(408, _UNAVAILABLE, "request body too slow", content_type)
+            return _status(413, _RESOURCE_EXHAUSTED, self._too_large(limit), content_type)
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding == "gzip":
-            try:
-                body = gunzip(body, self._limit)
-            except TooLarge:
-                intake.refused(signal, "too_large")
-                return _status(413, _RESOURCE_EXHAUSTED, self._too_large(), content_type)
-            except zlib.error:
-                intake.refused(signal, "invalid")
-                return _status(400, _INVALID_ARGUMENT, "body is not valid gzip", content_type)
-        elif encoding != "identity":
+        if encoding not in ("gzip", "identity"):
             intake.refused(signal, "unsupported")
             return _status(
                 415,
@@ -117,12 +94,52 @@ class OtlpHttpServer:
                 content_type,
             )
         try:
-            with intake.admission(signal, len(body)):
+            if encoding == "identity" and request.content_length is not None:
+                # Its cost is known before a byte is read: held while it is read, so that
+                # requests arriving together count each other's.
+                with intake.admission(signal, request.content_length):
+                    body = await self._read(signal, request, encoding, limit)
+                    if isinstance(body, web.Response):
+                        return body
+                    return await self._parse_and_accept(signal, body, content_type)
+            if request.content_length is not None:  # nothing read for a request refused anyway
+                intake.check_admission(signal, request.content_length)
+            body = await self._read(signal, request, encoding, limit)
+            if isinstance(body, web.Response):
+                return body
+            with intake.admission(signal, len(body)):  # a gzip body: its inflated size
                 return await self._parse_and_accept(signal, body, content_type)
         except TooCostly:
             return _status(413, _RESOURCE_EXHAUSTED, _TOO_COSTLY, content_type)
         except Refused as refusal:
             return self._overloaded(refusal, content_type)
+
+    async def _read(
+        self, signal: Signal, request: web.Request, encoding: str, limit: int
+    ) -> bytes | web.Response:
+        """The body, inflated, at most ``limit`` bytes; or the answer that refuses it."""
+        intake, content_type = self.intake, request.content_type
+        try:
+            body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+        except web.HTTPRequestEntityTooLarge:
+            intake.refused(signal, "too_large")
+            return _status(413, _RESOURCE_EXHAUSTED, self._too_large(limit), content_type)
+        except TimeoutError:  # a body trickling in: the connection is not kept for it
+            intake.refused(signal, "timeout")
+            return _status(408, _UNAVAILABLE, "request body too slow", content_type)
+        if encoding == "gzip":
+            try:
+                body = gunzip(body, limit)
+            except TooLarge:
+                intake.refused(signal, "too_large")
+                return _status(413, _RESOURCE_EXHAUSTED, self._too_large(limit), content_type)
+            except zlib.error:
+                intake.refused(signal, "invalid")
+                return _status(400, _INVALID_ARGUMENT, "body is not valid gzip", content_type)
+        if len(body) > limit:  # a JSON body sent without its length
+            intake.refused(signal, "too_large")
+            return _status(413, _RESOURCE_EXHAUSTED, self._too_large(limit), content_type)
+        return body
 
     async def _parse_and_accept(
         self, signal: Signal, body: bytes, content_type: str
@@ -160,12 +177,18 @@ class OtlpHttpServer:
         response.headers["Retry-After"] = str(max(1, round(refusal.retry_after_s)))
         return response
 
-    def _too_large(self) -> str:
+    def _too_large(self, limit: int) -> str:
+        if limit < self._limit:
+            return (f"OTLP/JSON body exceeds {limit // MIB} MiB (decoding JSON cannot be "
+                    f"interrupted); send protobuf, or smaller batches")  # fmt: skip
         return f"request body exceeds {self.settings.max_request_body_size_mib} MiB"
 
 
 _TOO_COSTLY = "request too large for the memory limit"
 _JSON_ON_LOOP_MAX = 256 << 10
+# Decoding JSON holds the interpreter lock throughout (40-70 ms per MiB measured): past this the
+# health probes, served by another thread, would wait too long.
+MAX_JSON_BODY = 2 * MIB
 
 
 def gunzip(data: bytes, limit: int) -> bytes:

@@ -25,6 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from sentry_sdk.utils import BadDsn, Dsn
 
 from collector import __version__
+from collector.component import Refused
+from collector.memory import MIB
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, signal_of
 from collector.telemetry import DROPPED, log
@@ -62,8 +64,10 @@ class SentrySettings:
     # Spans whose segment never arrives leave this long after their trace's last span.
     max_trace_wait: Duration = setting(Duration(30), minimum=0.1, maximum=3600)
     max_traces: int = setting(10_000, minimum=1, maximum=1_000_000)
-    # ~2.4 KB of memory per buffered span: 20 000 spans are ~50 MB.
+    # ~2.4 KB of memory per ordinary buffered span: 20 000 spans are ~50 MB.
     max_buffered_spans: int = setting(20_000, minimum=1, maximum=1_000_000)
+    # Spans with large attributes reach this first; logs kept for breadcrumbs count too.
+    max_buffered_mib: int = setting(32, minimum=1, maximum=1 << 20)
     timeout: Duration = setting(Duration(30), minimum=0.1, maximum=300)
     sending_queue: QueueSettings = setting(factory=QueueSettings)
     retry_on_failure: RetrySettings = setting(factory=RetrySettings)
@@ -97,7 +101,7 @@ class SentryExporter:
         )
         self._buffer = TraceBuffer(
             settings.transaction_wait, settings.max_trace_wait,
-            settings.max_traces, settings.max_buffered_spans,
+            settings.max_traces, settings.max_buffered_spans, settings.max_buffered_mib * MIB,
         )  # fmt: skip
         self._sessions = Sessions()
         self._sessions_due = 0.0
@@ -136,6 +140,14 @@ class SentryExporter:
             self._send_sessions()
             await self._transport.shutdown()
             self._transport = None
+
+    def admit(self) -> None:
+        """The pipeline's door: Refused("queue_full") while the sending queue is full (and
+        refuses rather than drops), before any part of the pipeline takes a batch. What was let
+        in is queued whatever the queue holds by the time it leaves the trace buffer, seconds
+        later: a slow or down Sentry shows as refusals, never as drops of acknowledged data."""
+        if self._transport is not None and self._transport.room() == 0:
+            raise Refused("queue_full")
 
     async def consume(self, batch: Batch) -> None:
         if self._transport is None:

@@ -22,6 +22,15 @@ from collector.sampling import MARKERS, UNSAMPLED_SESSIONS, is_errors_only
 SERVER, CLIENT, CONSUMER = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_CONSUMER
 # Span.flags bits 8 and 9: "the parent's is_remote is known" and "the parent is remote".
 _REMOTE_PARENT = 0x300
+# What a record costs in memory, from its wire size: measured 0.6-2.4 KB for ordinary spans and
+# records, 1x the wire for one long string, 7x for thousands of tiny attributes (which the
+# memory limiter's watch on the resident size covers).
+_RECORD_BASE_BYTES = 512
+_RECORD_FACTOR = 4
+
+
+def record_cost(wire_bytes: int) -> int:
+    return _RECORD_BASE_BYTES + _RECORD_FACTOR * wire_bytes
 
 
 def attribute_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:
@@ -67,6 +76,7 @@ class SpanRecord:
     resource: dict[str, Any]
     scope: str
     sampled: bool
+    size: int = 0  # bytes it holds in memory (estimated: record_cost)
 
     @property
     def is_segment(self) -> bool:
@@ -85,6 +95,7 @@ class LogRecord:
     attributes: dict[str, Any]
     resource: dict[str, Any]
     scope: str
+    size: int = 0  # bytes it holds in memory (estimated: record_cost)
 
 
 def spans_of(batch: ExportTraceServiceRequest) -> Iterable[SpanRecord]:
@@ -138,6 +149,7 @@ def _span_record(span: Span, resource: dict[str, Any], scope: str, sampled: bool
         resource=resource,
         scope=scope,
         sampled=sampled,
+        size=record_cost(span.ByteSize()),
     )
 
 
@@ -157,4 +169,5 @@ def logs_of(batch: ExportLogsServiceRequest) -> Iterable[LogRecord]:
                     attributes=attribute_dict(record.attributes),
                     resource=resource,
                     scope=scope,
+                    size=record_cost(record.ByteSize()),
                 )

@@ -5,8 +5,10 @@ A segment is emitted ``settle_s`` after its segment span arrived, so children th
 their parent (background work) still join it. Spans whose segment never comes are emitted
 "as is" ``max_wait_s`` after the trace's last span: each top-most remaining span becomes a
 transaction of its own. Spans arriving after their segment left are late: their errors still
-go out, their timing is dropped and counted. Bounds: ``max_traces`` traces and ``max_spans``
-spans in all; past them the oldest traces are emitted as they are, never silently lost.
+go out, their timing is dropped and counted. Bounds: ``max_traces`` traces, ``max_spans``
+spans and ``max_bytes`` bytes in all; past them the oldest traces are emitted as they are,
+never silently lost. The bytes (each record's estimated ``size``) are held in
+:data:`~collector.memory.HELD` while buffered, so that the memory limiter counts them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from collector.memory import HELD
 from exporters.sentry.records import LogRecord, SpanRecord
 
 MAX_LOGS_PER_TRACE = 100  # kept for breadcrumbs and exception logs
@@ -45,12 +48,16 @@ class _Trace:
 
 
 class TraceBuffer:
-    def __init__(self, settle_s: float, max_wait_s: float, max_traces: int, max_spans: int) -> None:
+    def __init__(
+        self, settle_s: float, max_wait_s: float, max_traces: int, max_spans: int, max_bytes: int
+    ) -> None:
         self.settle_s = settle_s
         self.max_wait_s = max_wait_s
         self.max_traces = max_traces
         self.max_spans = max_spans
+        self.max_bytes = max_bytes
         self.span_count = 0
+        self.bytes = 0
         self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently seen first
 
     def __len__(self) -> int:
@@ -71,6 +78,7 @@ class TraceBuffer:
                 out.append(Group(None, [span], list(trace.logs), late=True))
                 continue
             self.span_count += 1
+            self._hold(span.size)
             trace.spans[span.span_id] = span
             if span.is_segment:
                 trace.segment_arrivals[span.span_id] = now
@@ -88,9 +96,13 @@ class TraceBuffer:
             assert record.trace_id, "logs without a trace are not buffered"
             trace = self._trace(record.trace_id, now)
             if not exception:
+                if len(trace.logs) == trace.logs.maxlen:
+                    self._release(trace.logs[0].size)  # the oldest breadcrumb makes room
                 trace.logs.append(record)
+                self._hold(record.size)
             elif len(trace.exception_logs) < MAX_LOGS_PER_TRACE:
                 trace.exception_logs.append(record)
+                self._hold(record.size)
             else:
                 out.append(Group(None, [], list(trace.logs), [record]))
         out.extend(self._enforce_bounds())
@@ -145,12 +157,12 @@ class TraceBuffer:
         logs = self._exception_logs(trace, members)
         return Group(root if segment else None, members, list(trace.logs), logs)
 
-    @staticmethod
-    def _exception_logs(trace: _Trace, members: list[SpanRecord]) -> list[LogRecord]:
+    def _exception_logs(self, trace: _Trace, members: list[SpanRecord]) -> list[LogRecord]:
         ids = {span.span_id for span in members}
         mine = [r for r in trace.exception_logs if r.span_id in ids]
         if mine:
             trace.exception_logs = [r for r in trace.exception_logs if r.span_id not in ids]
+            self._release(sum(r.size for r in mine))
         return mine
 
     def _flush(self, trace_id: str) -> list[Group]:
@@ -168,6 +180,7 @@ class TraceBuffer:
             out.append(self._take(trace, top, children, segment=False))
         if trace.exception_logs:
             out.append(Group(None, [], list(trace.logs), trace.exception_logs))
+        self._release(sum(r.size for r in (*trace.logs, *trace.exception_logs)))
         del self._traces[trace_id]
         return out
 
@@ -175,16 +188,27 @@ class TraceBuffer:
         for span in spans:
             if trace.spans.pop(span.span_id, None) is not None:
                 self.span_count -= 1
+                self._release(span.size)
             if len(trace.emitted) < MAX_EMITTED_IDS:
                 trace.emitted.add(span.span_id)
 
     def _enforce_bounds(self) -> list[Group]:
         out: list[Group] = []
         while self._traces and (
-            len(self._traces) > self.max_traces or self.span_count > self.max_spans
+            len(self._traces) > self.max_traces
+            or self.span_count > self.max_spans
+            or self.bytes > self.max_bytes
         ):
             out.extend(self._flush(next(iter(self._traces))))
         return out
+
+    def _hold(self, size: int) -> None:
+        self.bytes += size
+        HELD.hold(size)
+
+    def _release(self, size: int) -> None:
+        self.bytes -= size
+        HELD.release(size)
 
 
 def _children(trace: _Trace) -> dict[str, list[SpanRecord]]:

@@ -23,7 +23,6 @@ from sentry_sdk.envelope import Item
 from sentry_sdk.utils import Dsn
 
 from collector import __version__
-from collector.component import Refused
 from collector.telemetry import DROPPED, EXPORTED, log
 from exporters.compression import gzip_compress
 from exporters.queue import sending_queue
@@ -118,14 +117,18 @@ class SentryTransport:
 
     # --- the queue ---------------------------------------------------------------------------
 
+    def room(self) -> int | None:
+        """Envelopes the queue can still take, or None when it drops rather than refuses
+        (``when_full: drop``): the exporter's door then never refuses."""
+        return self._queue.room() if self._queue.refuses else None
+
     def submit(self, outgoing: Outgoing) -> None:
-        """Queue an envelope without waiting; what is rate-limited or does not fit is dropped."""
+        """Queue an envelope without waiting. What is rate-limited is dropped; with
+        ``when_full: refuse`` everything else is queued (the door refused in time), with
+        ``drop`` what does not fit is dropped and reported."""
         self._remove_limited(outgoing)
         if outgoing.items:
-            try:
-                self._queue.submit(outgoing)
-            except Refused:  # events are made after the receiver answered: too late to refuse
-                self._drop(outgoing, "queue_full")
+            self._queue.submit(outgoing, force=self._queue.refuses)
 
     def report_if_due(self) -> None:
         """Send pending client reports on their own when no envelope has carried them."""
