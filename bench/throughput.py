@@ -34,6 +34,7 @@ import os
 import queue
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -263,6 +264,7 @@ class LoadResult:
     ok_requests: int
     errors: dict[str, int]
     elapsed_s: float
+    ack_ms: tuple[float, float, float]  # how long calls waited for an answer: p50, p99, max
 
 
 def _load_main(
@@ -281,7 +283,7 @@ async def _drive(
         export = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         conn.send("ready")
         await asyncio.to_thread(conn.recv)  # "go"
-        ok, errors = [0], Counter[str]()
+        ok, errors, waits = [0], Counter[str](), []
         started = time.monotonic()
         deadline = started + seconds
 
@@ -289,15 +291,24 @@ async def _drive(
             sent = offset
             while time.monotonic() < deadline:
                 sent += 1
+                asked = time.perf_counter()
                 try:
                     # Requests differ in trace ids, so sampling keeps its share, not all or none.
                     await export(payloads[sent % len(payloads)], timeout=30)
                     ok[0] += 1
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] += 1
+                waits.append(time.perf_counter() - asked)
 
         await asyncio.gather(*(worker(index * 7) for index in range(calls)))
-        return LoadResult(ok[0], dict(errors), time.monotonic() - started)
+        return LoadResult(ok[0], dict(errors), time.monotonic() - started, _ack_ms(waits))
+
+
+def _ack_ms(waits: list[float]) -> tuple[float, float, float]:
+    if len(waits) < 2:
+        return (0.0, 0.0, 0.0)
+    cuts = statistics.quantiles(waits, n=100)
+    return (cuts[49] * 1000, cuts[98] * 1000, max(waits) * 1000)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -313,6 +324,7 @@ class Measurement:
     errors: dict[str, int]
     elapsed_s: float
     cpu_s: float
+    ack_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p99, max
     spans_written: int | None = None
     spans_per_s: float = field(init=False)
     spans_per_cpu_s: float = field(init=False)
@@ -343,7 +355,8 @@ def measure(
         load.join(10)
         if load.is_alive():
             load.kill()
-    return Measurement(result.ok_requests, result.errors, result.elapsed_s, after - before)
+    return Measurement(result.ok_requests, result.errors, result.elapsed_s, after - before,
+                       result.ack_ms)  # fmt: skip
 
 
 def _expect(conn: Connection, wanted: Any, timeout: float, failure: str) -> Any:
@@ -644,13 +657,15 @@ def print_table(data: dict[str, Any]) -> None:
         f"{data['spans_per_request']} spans/request ({data['request_bytes']} bytes), "
         f"{data['connections']} calls in flight, {data['seconds']} s per phase"
     )
-    print(f"{'':10}{'spans/s':>12}{'CPU s':>9}{'spans/CPU-s':>13}{'requests':>10}{'errors':>8}")
+    print(f"{'':10}{'spans/s':>12}{'CPU s':>9}{'spans/CPU-s':>13}{'requests':>10}{'errors':>8}"
+          f"{'answer ms p50/p99/max':>24}")  # fmt: skip
     for name in ("sidecar", "ceiling"):
         row = data[name]
         errors = sum(row["errors"].values())
+        waits = "/".join(f"{ms:.0f}" for ms in row["ack_ms"])
         print(
             f"{name:10}{row['spans_per_s']:>12,.0f}{row['cpu_s']:>9.2f}"
-            f"{row['spans_per_cpu_s']:>13,.0f}{row['ok_requests']:>10}{errors:>8}"
+            f"{row['spans_per_cpu_s']:>13,.0f}{row['ok_requests']:>10}{errors:>8}{waits:>24}"
         )
     for name, value in data["ratios"].items():
         shown = "n/a" if value is None else f"{value:.2f}"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from collector import __version__
 from collector import config as config_module
-from collector.loop_lag import LOOP_LAG
+from collector.overload import OVERLOAD
 from collector.pipeline import Service
 from collector.settings import ConfigError
 from collector.telemetry import configure_logging, log
@@ -129,11 +129,11 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(config: config_module.Config, reload: Callable[[], config_module.Config]) -> int:
     """Run until SIGTERM or SIGINT; on SIGHUP, read the config again and, if it is valid,
     restart the pipelines on it (as the Collector does), else keep the running one."""
-    LOOP_LAG.start()
+    OVERLOAD.start()
     try:
         return await _serve_until_stopped(config, reload)
     finally:
-        await LOOP_LAG.stop()
+        await OVERLOAD.stop()
 
 
 async def _serve_until_stopped(

@@ -39,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import __version__
 from collector.http import listen
-from collector.loop_lag import LOOP_LAG
+from collector.overload import OVERLOAD
 from collector.settings import ConfigError, Duration, Endpoint, setting
 from collector.telemetry import REGISTRY, log
 
@@ -164,7 +164,7 @@ class HealthServer:
         return await asyncio.wrap_future(future)
 
     async def _live(self, request: web.Request) -> web.Response:
-        lag = LOOP_LAG.lag_s()
+        lag = OVERLOAD.lag_s()
         if lag > STALLED_S:
             return web.json_response({"status": "stalled", "event_loop_lag_s": round(lag, 1)},
                                      status=503)  # fmt: skip

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.component import Consumer, Refused
-from collector.loop_lag import LOOP_LAG
 from collector.memory import ADMISSION, TooCostly
+from collector.overload import OVERLOAD
 from collector.sampling import strip_markers
 from collector.settings import ConfigError, Endpoint, setting
 from collector.signals import Batch, Signal, validate
@@ -71,10 +71,11 @@ class Intake:
         """Around parsing and :meth:`accept`: the memory limiters' say on a request of ``size``
         bytes (inflated), before it is parsed; what it will cost is held meanwhile. Raises
         TooCostly (answered 413 / RESOURCE_EXHAUSTED) or Refused (503 / UNAVAILABLE), counted;
-        Refused also while the event loop runs late (:mod:`collector.loop_lag`)."""
+        Refused also while the sidecar could not answer it in time (:mod:`collector.overload`);
+        it counts as in flight until answered."""
         with ExitStack() as held:
             try:
-                LOOP_LAG.check()
+                held.enter_context(OVERLOAD.request())
                 held.enter_context(ADMISSION.request(size))
             except (TooCostly, Refused) as error:
                 self.refused(signal, getattr(error, "reason", "too_large"))
@@ -84,7 +85,7 @@ class Intake:
     def check_admission(self, signal: Signal, size: int) -> None:
         """:meth:`admission`'s verdict without holding anything, before a body is read."""
         try:
-            LOOP_LAG.check()
+            OVERLOAD.check()
             ADMISSION.check(size)
         except (TooCostly, Refused) as error:
             self.refused(signal, getattr(error, "reason", "too_large"))

@@ -1,0 +1,79 @@
+"""Receivers refuse while the event loop is behind, and take requests again once it caught up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from collector.component import Refused
+from collector.overload import INTERVAL_S, MAX_LAG_S, MIN_IN_FLIGHT, Overload
+
+
+def block_the_loop(seconds: float) -> None:
+    """What a handler does that runs long without awaiting (parsing a big body)."""
+    time.sleep(seconds)
+
+
+def test_refuses_while_behind_and_only_then() -> None:
+    async def scenario() -> None:
+        watch = Overload()
+        watch.check()  # not watching: nothing to say
+        watch.start()
+        await asyncio.sleep(0.1)
+        watch.check()  # an idle loop is not behind
+        block_the_loop(MAX_LAG_S + 0.15)
+        with pytest.raises(Refused) as refused:
+            watch.check()  # a request handled now has waited that long
+        assert refused.value.reason == "loop_lag"
+        await asyncio.sleep(0.1)  # the loop catches up, the watch runs
+        watch.check()
+        await watch.stop()
+        block_the_loop(MAX_LAG_S + 0.15)
+        watch.check()  # stopped: never refuses
+
+    asyncio.run(scenario())
+
+
+def test_refuses_what_could_not_be_answered_within_the_bound() -> None:
+    """Little's law: a new request waits about ``in flight / rate``."""
+
+    async def scenario() -> None:
+        overload = Overload()
+        overload.start()
+        held = [overload.request() for _ in range(MIN_IN_FLIGHT)]
+        for request in held:
+            request.__enter__()  # an idle sidecar takes a burst this big
+        with pytest.raises(Refused) as refused:
+            overload.check()
+        assert refused.value.reason == "overloaded"
+        overload.rate = 10.0  # finishing 10 a second: 10 may wait their turn within 1 s
+        overload.check()
+        more = [overload.request() for _ in range(10 - MIN_IN_FLIGHT)]
+        for request in more:
+            request.__enter__()
+        with pytest.raises(Refused):
+            overload.check()
+        for request in held + more:
+            request.__exit__(None, None, None)
+        assert overload.in_flight == 0
+        overload.check()
+        await overload.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_rate_follows_what_is_answered() -> None:
+    async def scenario() -> None:
+        overload = Overload()
+        overload.start()
+        for _ in range(40):  # 20 answered a tick, 400 a second
+            for _ in range(20):
+                with overload.request():
+                    pass
+            await asyncio.sleep(INTERVAL_S)
+        assert 100 < overload.rate < 500
+        await overload.stop()
+
+    asyncio.run(scenario())
