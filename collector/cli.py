@@ -139,14 +139,16 @@ async def _serve(config: config_module.Config, reload: Callable[[], config_modul
 async def _serve_until_stopped(
     config: config_module.Config, reload: Callable[[], config_module.Config]
 ) -> int:
-    service = await _start(config)
-    if service is None:
-        return 1
+    # Handlers first: a signal that comes as soon as `sidecar_started` is logged must not kill
+    # the process (SIGHUP's default) or skip the drain.
     loop = asyncio.get_running_loop()
     stop, hangup = asyncio.Event(), asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    service = await _start(config)
+    if service is None:
+        return 1
     while True:
         await _first(stop, hangup)
         if stop.is_set():
@@ -164,6 +166,7 @@ async def _serve_until_stopped(
             started = await _start(config)
             if started is None:
                 return 1
+            service = started  # the old config, running again: what SIGTERM must drain
             continue
         service, config = started, new
         log.info("config_reloaded")

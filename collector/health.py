@@ -107,9 +107,11 @@ class HealthServer:
     async def shutdown(self) -> None:
         self.ready = False
         if self._thread is not None:
-            await self._thread.run(self._stop_serving())
-            self._thread.stop()
-            self._thread = None
+            try:
+                await self._thread.run(self._stop_serving())
+            finally:  # cut short by the grace period too: no thread left behind
+                self._thread.stop()
+                self._thread = None
 
     async def _serve(self) -> None:
         """On the server's own loop."""

@@ -23,6 +23,15 @@ MAX_CONNECTIONS = 256
 HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 BODY_TIMEOUT_S = 30.0  # a request body must arrive within this (receivers read it whole)
+MIN_BODY_RATE = 1 << 20  # bytes/s: a body of known length must come at least this fast
+
+
+def body_timeout(length: int | None) -> float:
+    """How long a body may take to arrive: 2 s plus a second per MiB of its announced length
+    (a request holds its admitted cost while its body is read), at most BODY_TIMEOUT_S."""
+    if length is None:
+        return BODY_TIMEOUT_S
+    return min(BODY_TIMEOUT_S, 2.0 + length / MIN_BODY_RATE)
 
 
 class _Guard:

@@ -30,7 +30,7 @@ from collector.component import Refused
 from collector.telemetry import REGISTRY
 
 MAX_WAIT_S = 1.0
-MIN_IN_FLIGHT = 4
+MIN_IN_FLIGHT = 32
 INTERVAL_S = 0.05
 MAX_LAG_S = 0.25
 RETRY_AFTER_S = 1.0
@@ -71,9 +71,9 @@ class Overload:
             raise Refused("overloaded", RETRY_AFTER_S)
 
     @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Raises as :meth:`check`, else counts the request in flight until it is answered."""
-        self.check()
+    def in_flight_while(self) -> Iterator[None]:
+        """Counts a request in flight while the pipelines take it (its body already read: a
+        client sending slowly holds a connection, not a place)."""
         self.in_flight += 1
         _IN_FLIGHT.set(self.in_flight)
         try:

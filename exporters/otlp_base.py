@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from collector.component import Refused
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, EXPORTED, log
 from exporters.queue import sending_queue
@@ -68,13 +67,11 @@ class OtlpSender:
             await self._close()
 
     def admit(self) -> None:
-        """Raises Refused("queue_full") when the queue has no room and refuses (the door)."""
-        if self._queue.refuses and self._queue.room() == 0:
-            raise Refused("queue_full")
+        """The pipeline's door: Refused("queue_full") while the queue is full and refusing."""
+        self._queue.admit()
 
     async def consume(self, batch: Batch) -> None:
-        payload = Payload(signal_of(batch), self._encode(batch), item_count(batch))
-        self._queue.submit(payload, force=self._queue.refuses)
+        self._queue.submit(Payload(signal_of(batch), self._encode(batch), item_count(batch)))
 
     async def _deliver(self, payload: Payload) -> None:
         try:

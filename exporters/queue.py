@@ -1,12 +1,13 @@
 """The sending queue exporters share: bounded, drained by a few workers, its bytes counted.
 
-``submit`` never waits. With ``when_full: refuse`` the refusal comes earlier, at the pipeline's
-door (:meth:`room` is 0: receivers answer 503 / UNAVAILABLE before anything takes the batch),
-and what was let in is always queued (``force``), if need be past ``queue_size`` by what the
-pipeline held when the door closed: data the sidecar acknowledged is never dropped for want of
-room, and the memory limiter bounds it all. With ``when_full: drop`` an item that does not fit
-goes to the exporter's ``on_drop`` (counted and reported). Either way a slow destination can
-never make the sidecar grow without bound. While queued, an
+``submit`` never waits. What a full queue does is :class:`~exporters.retry.WhenFull`'s say:
+with ``when_full: refuse`` the refusal comes at the pipeline's door (:meth:`admit` raises
+:class:`Refused`: receivers answer 503 / UNAVAILABLE before anything takes the batch), and what
+was let in is queued, if need be past ``queue_size`` by what the pipeline held when the door
+closed, so that data the sidecar acknowledged is not dropped for want of room (the memory
+limiter bounds it all); a destination full for a minute is taken for down, and then, as with
+``when_full: drop``, what does not fit is dropped and counted. A slow destination never makes
+the sidecar grow without bound. While queued, an
 item's size is held in :mod:`collector.memory`, which the memory limiter watches. With a
 storage extension the queue is kept on disk instead (:mod:`exporters.storage`).
 """
@@ -21,7 +22,7 @@ from typing import Generic, TypeVar
 from collector.component import Refused
 from collector.memory import HELD, MIB
 from collector.telemetry import log
-from exporters.retry import QueueSettings
+from exporters.retry import QueueSettings, WhenFull
 from exporters.storage import Codec, PersistentQueue
 
 T = TypeVar("T")
@@ -56,7 +57,7 @@ class SendingQueue(Generic[T]):
         self._queue: asyncio.Queue[T] = asyncio.Queue()  # bounded here, by queue_size
         self._capacity = settings.queue_size
         self._workers_wanted = settings.num_consumers
-        self._refuse = settings.refuses
+        self._when_full = WhenFull(settings.refuses)
         self._deliver = deliver
         self._size_of = size_of
         self._on_drop = on_drop
@@ -68,12 +69,14 @@ class SendingQueue(Generic[T]):
             for index in range(self._workers_wanted)
         ]
 
-    def submit(self, item: T, force: bool = False) -> None:
-        """Queue ``item``; when full, raise Refused or drop it as ``when_full`` says, unless
-        ``force``: data already acknowledged upstream, let in while there was room."""
-        if not force and self.room() == 0:
-            if self._refuse:
-                raise Refused("queue_full")
+    def admit(self) -> None:
+        """The pipeline's door: Refused("queue_full") while full and refusing."""
+        if self._when_full.door_closed(self.room()):
+            raise Refused("queue_full")
+
+    def submit(self, item: T) -> None:
+        """Queue ``item``, or drop it (counted) when full and not keeping what finds it so."""
+        if self.room() == 0 and not self._when_full.keeps():
             self._on_drop(item, "queue_full")
             return
         self._queue.put_nowait(item)
@@ -83,12 +86,8 @@ class SendingQueue(Generic[T]):
         return self._queue.empty()
 
     def room(self) -> int:
-        """Items that can be submitted now without a refusal or a drop."""
+        """Items that can be submitted now within ``queue_size``."""
         return max(0, self._capacity - self._queue.qsize())
-
-    @property
-    def refuses(self) -> bool:
-        return self._refuse
 
     async def drain(self) -> None:
         """Returns when everything submitted so far was delivered or dropped."""

@@ -59,6 +59,39 @@ class QueueSettings:
         return self.when_full == "refuse"
 
 
+# A destination full for this long is taken for down: its share is dropped and counted so that
+# the pipeline's other exporters keep getting data (the app's SDK would drop it anyway once its
+# own retries ran out).
+REFUSE_FOR_S = 60.0
+
+
+class WhenFull:
+    """What a full sending queue does. With ``when_full: refuse`` the pipeline's door refuses
+    new batches (:meth:`door_closed`) while everything already let in is still queued
+    (:meth:`keeps`), past ``queue_size`` if need be; after :data:`REFUSE_FOR_S` full, and always
+    with ``when_full: drop``, what does not fit is dropped and counted."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+        self._full_since: float | None = None
+
+    def door_closed(self, room: int) -> bool:
+        if not self.refuse or room > 0:
+            self._full_since = None
+            return False
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+        return not self._given_up()
+
+    def keeps(self) -> bool:
+        """Whether an item that finds the queue full is queued all the same."""
+        return self.refuse and not self._given_up()
+
+    def _given_up(self) -> bool:
+        since = self._full_since
+        return since is not None and time.monotonic() - since >= REFUSE_FOR_S
+
+
 class Permanent(Exception):
     """The destination refused the data for good (4xx): drop, count, do not retry."""
 

@@ -31,6 +31,7 @@ from collector.component import Refused
 from collector.memory import HELD
 from collector.settings import ConfigError
 from collector.telemetry import log
+from exporters.retry import WhenFull
 
 T = TypeVar("T")
 
@@ -82,6 +83,7 @@ class PersistentQueue(Generic[T]):
         self.name = name
         self.path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.sqlite"
         self._max_items, self._max_bytes, self._refuse = limits
+        self._when_full = WhenFull(self._refuse)
         self._deliver, self._on_drop, self._codec = deliver, on_drop, codec
         self._workers_wanted = workers
         self._db: sqlite3.Connection | None = None
@@ -124,12 +126,8 @@ class PersistentQueue(Generic[T]):
             return _connect(self.path)
 
     def room(self) -> int:
-        """Items that can be submitted now without a refusal or a drop."""
+        """Items that can be submitted now within the limits."""
         return 0 if self._bytes >= self._max_bytes else max(0, self._max_items - self._items)
-
-    @property
-    def refuses(self) -> bool:
-        return self._refuse
 
     def empty(self) -> bool:
         return self._items == 0
@@ -154,13 +152,17 @@ class PersistentQueue(Generic[T]):
 
     # --- in and out ------------------------------------------------------------------------
 
-    def submit(self, item: T, force: bool = False) -> None:
-        """As :meth:`SendingQueue.submit <exporters.queue.SendingQueue.submit>`."""
+    def admit(self) -> None:
+        """As :meth:`SendingQueue.admit <exporters.queue.SendingQueue.admit>`."""
+        if self._when_full.door_closed(self.room()):
+            raise Refused("queue_full")
+
+    def submit(self, item: T) -> None:
+        """As :meth:`SendingQueue.submit <exporters.queue.SendingQueue.submit>`; a store that
+        cannot be written refuses (the client sends again) or drops, as ``when_full`` says."""
         body = self._codec.encode(item)
         full = self._items >= self._max_items or self._bytes + len(body) > self._max_bytes
-        if full and not force:
-            if self._refuse:
-                raise Refused("queue_full")
+        if full and not self._when_full.keeps():
             self._on_drop(item, "queue_full")
             return
         assert self._db is not None

@@ -42,15 +42,15 @@ def test_refuses_what_could_not_be_answered_within_the_bound() -> None:
     async def scenario() -> None:
         overload = Overload()
         overload.start()
-        held = [overload.request() for _ in range(MIN_IN_FLIGHT)]
+        held = [overload.in_flight_while() for _ in range(MIN_IN_FLIGHT)]
         for request in held:
             request.__enter__()  # an idle sidecar takes a burst this big
         with pytest.raises(Refused) as refused:
             overload.check()
         assert refused.value.reason == "overloaded"
-        overload.rate = 10.0  # finishing 10 a second: 10 may wait their turn within 1 s
+        overload.rate = 50.0  # finishing 50 a second: 50 may wait their turn within 1 s
         overload.check()
-        more = [overload.request() for _ in range(10 - MIN_IN_FLIGHT)]
+        more = [overload.in_flight_while() for _ in range(50 - MIN_IN_FLIGHT)]
         for request in more:
             request.__enter__()
         with pytest.raises(Refused):
@@ -70,7 +70,7 @@ def test_the_rate_follows_what_is_answered() -> None:
         overload.start()
         for _ in range(40):  # 20 answered a tick, 400 a second
             for _ in range(20):
-                with overload.request():
+                with overload.in_flight_while():
                     pass
             await asyncio.sleep(INTERVAL_S)
         assert 100 < overload.rate < 500

@@ -124,11 +124,15 @@ def test_an_item_stays_queued_until_delivered_or_dropped(tmp_path: Path) -> None
 def test_in_memory_the_full_queue_refuses_unless_dropping_was_chosen() -> None:
     async def main() -> None:
         refusing = QueueSettings(queue_size=1)  # the default
-        queue = sending_queue("m", refusing, lambda _: asyncio.sleep(3600), len, lambda *_: None,
-                              PAYLOAD)  # fmt: skip
+        kept: list[str] = []
+        queue = sending_queue("m", refusing, lambda _: asyncio.sleep(3600), len,
+                              lambda _, reason: kept.append(reason), PAYLOAD)  # fmt: skip
+        queue.admit()
         queue.submit(b"a")
         with pytest.raises(Refused):
-            queue.submit(b"b")
+            queue.admit()  # the pipeline's door
+        queue.submit(b"b")  # let in before the door closed: kept, past queue_size
+        assert kept == [] and queue.room() == 0
         dropped: list[str] = []
         full = QueueSettings(queue_size=1, when_full="drop")
         dropping = sending_queue("m", full, lambda _: asyncio.sleep(3600), len,
@@ -136,6 +140,8 @@ def test_in_memory_the_full_queue_refuses_unless_dropping_was_chosen() -> None:
         dropping.submit(b"a")
         dropping.submit(b"b")
         assert dropped == ["queue_full"]
+        for stopped in (queue, dropping):
+            await stopped.stop()  # what they held is released
 
     asyncio.run(main())
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,25 @@ def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_a_bad_one(tmp_path: 
     assert len(spans_in(_read(second_out))) == 4  # the new config's output, still running
     (failed,) = sidecar.named("config_reload_failed")
     assert "not valid YAML" in failed["error"]
+
+
+def test_after_a_reload_that_cannot_start_sigterm_still_drains(tmp_path: Path) -> None:
+    """The new config's port is taken: the old config runs again, and is what SIGTERM drains."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with Sidecar(tmp_path, HOLDING_CONFIG) as sidecar:
+            sidecar.config_path.write_text(
+                HOLDING_CONFIG.replace("${OUT}", str(sidecar.output)).replace(
+                    'http: {endpoint: "127.0.0.1:0"', f'http: {{endpoint: "127.0.0.1:{port}"'
+                )
+            )
+            _hangup(sidecar, "config_reload_failed")
+            sidecar.endpoints = sidecar.named("sidecar_started")[-1]["endpoints"]
+            assert post(sidecar, "/v1/traces", trace_request(spans=2).SerializeToString())[0] == 200
+            assert sidecar.stop() == 0
+    assert len(spans_in(_read(sidecar.output))) == 2
 
 
 def _hangup(sidecar: Sidecar, event: str) -> None:

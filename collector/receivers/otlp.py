@@ -71,11 +71,10 @@ class Intake:
         """Around parsing and :meth:`accept`: the memory limiters' say on a request of ``size``
         bytes (inflated), before it is parsed; what it will cost is held meanwhile. Raises
         TooCostly (answered 413 / RESOURCE_EXHAUSTED) or Refused (503 / UNAVAILABLE), counted;
-        Refused also while the sidecar could not answer it in time (:mod:`collector.overload`);
-        it counts as in flight until answered."""
+        Refused also while the sidecar could not answer it in time (:mod:`collector.overload`)."""
         with ExitStack() as held:
             try:
-                held.enter_context(OVERLOAD.request())
+                OVERLOAD.check()
                 held.enter_context(ADMISSION.request(size))
             except (TooCostly, Refused) as error:
                 self.refused(signal, getattr(error, "reason", "too_large"))
@@ -101,7 +100,8 @@ class Intake:
         if isinstance(batch, ExportTraceServiceRequest):
             strip_markers(batch)
         try:
-            await self._consumers[signal].consume(batch)
+            with OVERLOAD.in_flight_while():
+                await self._consumers[signal].consume(batch)
         except Exception as error:
             self.refused(signal, getattr(error, "reason", "internal"))
             raise

@@ -18,7 +18,7 @@ from google.rpc.status_pb2 import Status
 
 from collector import otlp_json
 from collector.component import Refused
-from collector.http import BODY_TIMEOUT_S, listen
+from collector.http import body_timeout, listen
 from collector.memory import MIB, TooCostly
 from collector.receivers.otlp import HttpSettings, Intake
 from collector.signals import InvalidBatch, Signal
@@ -120,7 +120,7 @@ class OtlpHttpServer:
         """The body, inflated, at most ``limit`` bytes; or the answer that refuses it."""
         intake, content_type = self.intake, request.content_type
         try:
-            body = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+            body = await asyncio.wait_for(request.read(), body_timeout(request.content_length))
         except web.HTTPRequestEntityTooLarge:
             intake.refused(signal, "too_large")
             return _status(413, _RESOURCE_EXHAUSTED, self._too_large(limit), content_type)

@@ -25,7 +25,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from sentry_sdk.utils import BadDsn, Dsn
 
 from collector import __version__
-from collector.component import Refused
 from collector.memory import MIB
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, signal_of
@@ -142,12 +141,13 @@ class SentryExporter:
             self._transport = None
 
     def admit(self) -> None:
-        """The pipeline's door: Refused("queue_full") while the sending queue is full (and
-        refuses rather than drops), before any part of the pipeline takes a batch. What was let
-        in is queued whatever the queue holds by the time it leaves the trace buffer, seconds
-        later: a slow or down Sentry shows as refusals, never as drops of acknowledged data."""
-        if self._transport is not None and self._transport.room() == 0:
-            raise Refused("queue_full")
+        """The pipeline's door: Refused("queue_full") while the sending queue is full and
+        refusing, before any part of the pipeline takes a batch. What was let in is queued
+        whatever the queue holds when it leaves the trace buffer, seconds later: a slow Sentry
+        shows as refusals, not as drops of acknowledged data (one down for a minute, as drops,
+        counted, so that the pipeline's other exporters keep getting data)."""
+        if self._transport is not None:
+            self._transport.admit()
 
     async def consume(self, batch: Batch) -> None:
         if self._transport is None:

@@ -117,18 +117,16 @@ class SentryTransport:
 
     # --- the queue ---------------------------------------------------------------------------
 
-    def room(self) -> int | None:
-        """Envelopes the queue can still take, or None when it drops rather than refuses
-        (``when_full: drop``): the exporter's door then never refuses."""
-        return self._queue.room() if self._queue.refuses else None
+    def admit(self) -> None:
+        """The pipeline's door: Refused("queue_full") while the queue is full and refusing."""
+        self._queue.admit()
 
     def submit(self, outgoing: Outgoing) -> None:
-        """Queue an envelope without waiting. What is rate-limited is dropped; with
-        ``when_full: refuse`` everything else is queued (the door refused in time), with
-        ``drop`` what does not fit is dropped and reported."""
+        """Queue an envelope without waiting. What is rate-limited is dropped; what finds the
+        queue full is queued or dropped as :class:`~exporters.retry.WhenFull` says."""
         self._remove_limited(outgoing)
         if outgoing.items:
-            self._queue.submit(outgoing, force=self._queue.refuses)
+            self._queue.submit(outgoing)
 
     def report_if_due(self) -> None:
         """Send pending client reports on their own when no envelope has carried them."""
