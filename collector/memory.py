@@ -102,9 +102,11 @@ class Admission:
     def check(self, size: int) -> None:
         """Raises TooCostly or :class:`~collector.component.Refused` if a request of ``size``
         bytes would be refused now: asked before its body is even read."""
+        self._check_cost(self.cost(size))
+
+    def _check_cost(self, cost: int) -> None:
         from collector.component import Refused  # (component imports signals, not this)
 
-        cost = self.cost(size)
         for limit in self._limits:
             if cost > limit.mark:
                 raise TooCostly(f"{cost} bytes once parsed, over the {limit.mark} allowed")
@@ -119,6 +121,16 @@ class Admission:
         """Raises as :meth:`check`, else holds the request's cost while its task runs."""
         self.check(size)
         with HELD.request(self.cost(size)):
+            yield
+
+    @contextmanager
+    def reading(self, most: int) -> Iterator[None]:
+        """While a body whose size is not known yet (chunked, or gzip before inflating) is
+        read: hold what it may grow to, ``most`` bytes as received (at most a mark), so that
+        bodies read together count each other. Raises Refused as :meth:`check`."""
+        hold = min([most, *(limit.mark for limit in self._limits)])
+        self._check_cost(hold)
+        with HELD.request(hold):
             yield
 
 

@@ -198,3 +198,14 @@ def test_admission_lets_in_what_fits_beside_what_is_held() -> None:
             admission.check(200_000)  # 1.6 MB does not
     with pytest.raises(TooCostly):
         admission.check(MIB)  # 8 MiB as parsed: could never fit
+
+
+def test_a_body_of_unknown_size_holds_what_it_may_grow_to_while_read() -> None:
+    limit = SimpleNamespace(mark=4 * MIB, over=False, retry_after_s=1.0)
+    admission = Admission()
+    admission.register(limit)
+    with admission.reading(8 * MIB):
+        assert HELD.value == 4 * MIB  # at most a mark: one such body alone always fits
+        with pytest.raises(Refused):
+            admission.check(1000)  # nothing fits beside it
+    assert HELD.value == 0

@@ -81,6 +81,19 @@ class Intake:
                 raise
             yield
 
+    @contextmanager
+    def reading(self, signal: Signal, most: int) -> Iterator[None]:
+        """Around reading a body of unknown size, at most ``most`` bytes: that much held
+        (:meth:`Admission.reading <collector.memory.Admission.reading>`). Raises Refused,
+        counted."""
+        with ExitStack() as held:
+            try:
+                held.enter_context(ADMISSION.reading(most))
+            except Refused as error:
+                self.refused(signal, error.reason)
+                raise
+            yield
+
     def check_admission(self, signal: Signal, size: int) -> None:
         """:meth:`admission`'s verdict without holding anything, before a body is read."""
         try:

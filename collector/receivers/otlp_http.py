@@ -104,7 +104,8 @@ class OtlpHttpServer:
                     return await self._parse_and_accept(signal, body, content_type)
             if request.content_length is not None:  # nothing read for a request refused anyway
                 intake.check_admission(signal, request.content_length)
-            body = await self._read(signal, request, encoding, limit)
+            with intake.reading(signal, limit):  # chunked, or gzip: up to limit once inflated
+                body = await self._read(signal, request, encoding, limit)
             if isinstance(body, web.Response):
                 return body
             with intake.admission(signal, len(body)):  # a gzip body: its inflated size
