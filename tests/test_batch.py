@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from collector.component import Refused
 from collector.processors.batch import BatchProcessor, BatchSettings
 from collector.settings import Duration
 from collector.signals import Batch, Signal, item_count
+from collector.telemetry import REGISTRY
 from tests.test_receivers import trace_request
 
 
@@ -64,5 +68,38 @@ def test_shutdown_flushes_pending() -> None:
         assert [item_count(b) for b in out.batches] == [3]
         await batch.shutdown()  # idempotent
         assert len(out.batches) == 1
+
+    asyncio.run(scenario())
+
+
+class Refusing:
+    """A next consumer that refuses (a persistent queue whose store cannot be written)."""
+
+    async def consume(self, batch: Batch) -> None:
+        raise Refused("storage_error")
+
+
+def dropped(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "otelsidecar_dropped_items_total",
+            {"component": "batch", "signal": "traces", "reason": reason},
+        )
+        or 0.0
+    )
+
+
+def test_a_refusal_after_requests_were_answered_is_counted() -> None:
+    async def scenario() -> None:
+        settings = BatchSettings(timeout=Duration(0.05), send_batch_size=10)
+        batch = BatchProcessor("batch", settings, Signal.TRACES, Refusing())
+        before = dropped("storage_error")
+        await batch.consume(trace_request(spans=4))  # answered: pending
+        with pytest.raises(Refused):
+            await batch.consume(trace_request(spans=6))  # fills the batch: refused, resent
+        assert dropped("storage_error") - before == 4  # the first request's, answered
+        await batch.consume(trace_request(spans=3))
+        await asyncio.sleep(0.3)  # the timer's send is refused: nobody to ask again
+        assert dropped("storage_error") - before == 7
 
     asyncio.run(scenario())

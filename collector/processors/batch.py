@@ -56,11 +56,16 @@ class BatchProcessor:
         self._pending_bytes += size
         HELD.hold(size)
         if self._pending_items >= self._settings.send_batch_size:
-            await self._send()
+            answered = self._pending_items - count  # other requests' items, answered already
+            try:
+                await self._send()
+            except Refused as refusal:  # this request is refused and sent again; not those
+                DROPPED.labels(self.name, self._signal.value, refusal.reason).inc(answered)
+                raise
 
     async def shutdown(self) -> None:
         """Send what is pending and wait for sends started by the timer."""
-        await self._send()
+        await self._send_answered(self._pending_items)
         if self._sends:
             await asyncio.gather(*self._sends, return_exceptions=True)
 
@@ -84,8 +89,9 @@ class BatchProcessor:
         task.add_done_callback(self._sends.discard)
 
     async def _send_answered(self, items: int) -> None:
-        """Send what requests already answered left pending: a refusal now (storage failing;
-        room is checked at the pipeline's door) has nobody to ask to resend, so it is counted."""
+        """Send what requests already answered left pending (on the timer, at shutdown): a
+        refusal now (storage failing; room is checked at the pipeline's door) has nobody to
+        ask to resend, so it is counted."""
         try:
             await self._send()
         except Refused as refusal:
