@@ -109,7 +109,7 @@ class Admission:
 
         for limit in self._limits:
             if cost > limit.mark:
-                raise TooCostly(f"{cost} bytes once parsed, over the {limit.mark} allowed")
+                raise TooCostly("request too large for the memory limit")
             # With nothing held, any request that could fit is let in: otherwise a resident
             # size the allocator keeps after a spike (freed, not returned) would refuse
             # everything for good. With something held, only one that fits beside it.

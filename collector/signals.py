@@ -6,6 +6,7 @@ A batch is the OTLP export request itself (``ExportTraceServiceRequest`` or
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from enum import StrEnum
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -60,10 +61,18 @@ def item_count(batch: Batch) -> int:
 
 
 _ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)  # invalid ids, as the OTLP specification says
+# Per span, log record and resource. SDKs keep 128 by default; a request past this is a flood
+# of tiny attributes that every processor would walk (answered 413 / RESOURCE_EXHAUSTED).
+MAX_ATTRIBUTES = 4096
+
+
+class TooManyAttributes(Exception):
+    """An item with more than MAX_ATTRIBUTES attributes."""
 
 
 def validate(batch: Batch) -> int:
-    """Check the ids the data model fixes in length and return the item count.
+    """Check the ids the data model fixes in length, and the attribute counts (raises
+    InvalidBatch, TooManyAttributes), and return the item count.
 
     Downstream (sampling from the trace id, Sentry's 32-hex trace ids) relies on these lengths,
     so a batch breaking them is refused whole at the door, as the collector's pdata does.
@@ -71,8 +80,11 @@ def validate(batch: Batch) -> int:
     count = 0
     if isinstance(batch, ExportTraceServiceRequest):
         for rs in batch.resource_spans:
+            _bounded(rs.resource.attributes, "resource")
             for ss in rs.scope_spans:
                 for span in ss.spans:
+                    if len(span.attributes) > MAX_ATTRIBUTES:  # inline: per span, hot
+                        _bounded(span.attributes, "span")
                     if len(span.trace_id) != 16 or len(span.span_id) != 8:
                         raise InvalidBatch(
                             "span with invalid ids: trace_id must be 16 bytes, span_id 8 bytes"
@@ -84,11 +96,21 @@ def validate(batch: Batch) -> int:
                 count += len(ss.spans)
         return count
     for rl in batch.resource_logs:
+        _bounded(rl.resource.attributes, "resource")
         for sl in rl.scope_logs:
             for record in sl.log_records:
+                if len(record.attributes) > MAX_ATTRIBUTES:  # inline: per record, hot
+                    _bounded(record.attributes, "log record")
                 if len(record.trace_id) not in (0, 16) or len(record.span_id) not in (0, 8):
                     raise InvalidBatch(
                         "log record with invalid ids: trace_id must be 16 bytes, span_id 8 bytes"
                     )
             count += len(sl.log_records)
     return count
+
+
+def _bounded(attributes: Sized, what: str) -> None:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise TooManyAttributes(
+            f"a {what} has {len(attributes)} attributes; at most {MAX_ATTRIBUTES} are taken"
+        )

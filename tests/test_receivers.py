@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from collector import otlp_json
+from collector.signals import MAX_ATTRIBUTES
 from tests.sidecar import BASIC_CONFIG, Sidecar, spans_in
 
 PROTOBUF = "application/x-protobuf"
@@ -287,3 +288,23 @@ def test_json_bodies_are_capped_below_protobuf(tmp_path: Path) -> None:
             assert "OTLP/JSON body exceeds 2 MiB" in json.loads(answer)["message"]
         status, _, _ = post(sidecar, "/v1/traces", big.SerializeToString())
         assert status == 200
+
+
+def test_an_item_with_too_many_attributes_is_413_over_both_transports(tmp_path: Path) -> None:
+    flood = trace_request(spans=1, name="flood")
+    span = flood.resource_spans[0].scope_spans[0].spans[0]
+    for index in range(MAX_ATTRIBUTES + 1):
+        span.attributes.add(key=f"k{index}").value.bool_value = True
+    resource_flood = trace_request(spans=1)
+    for index in range(MAX_ATTRIBUTES + 1):
+        resource_flood.resource_spans[0].resource.attributes.add(key=f"r{index}")
+    with Sidecar(tmp_path, BASIC_CONFIG) as sidecar:
+        for request, what in ((flood, "a span"), (resource_flood, "a resource")):
+            status, answer, _ = post(sidecar, "/v1/traces", request.SerializeToString())
+            assert status == 413
+            message = Status.FromString(answer).message
+            assert message.startswith(f"{what} has ") and f"at most {MAX_ATTRIBUTES}" in message
+        error = grpc_export(sidecar, flood.SerializeToString())
+        assert isinstance(error, grpc.RpcError)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert post(sidecar, "/v1/traces", trace_request().SerializeToString())[0] == 200

@@ -20,7 +20,7 @@ from collector.memory import ADMISSION, TooCostly
 from collector.overload import OVERLOAD
 from collector.sampling import strip_markers
 from collector.settings import ConfigError, Endpoint, setting
-from collector.signals import Batch, Signal, validate
+from collector.signals import Batch, Signal, TooManyAttributes, validate
 from collector.telemetry import RECEIVED, REFUSED
 
 
@@ -104,12 +104,15 @@ class Intake:
             raise
 
     async def accept(self, signal: Signal, batch: Batch) -> None:
-        """Raises InvalidBatch or Refused; both are counted here."""
+        """Raises InvalidBatch, TooCostly (too many attributes) or Refused; counted here."""
         try:
             count = validate(batch)
         except ValueError:
             self.refused(signal, "invalid")
             raise
+        except TooManyAttributes as error:
+            self.refused(signal, "too_large")
+            raise TooCostly(str(error)) from None
         if isinstance(batch, ExportTraceServiceRequest):
             strip_markers(batch)
         try:

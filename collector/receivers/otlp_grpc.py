@@ -70,9 +70,8 @@ class OtlpGrpcServer:
             try:
                 with intake.admission(signal, len(request)):
                     return await parse_and_accept(request, context)
-            except TooCostly:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    "request too large for the memory limit")  # fmt: skip
+            except TooCostly as error:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except Refused as refusal:
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
@@ -91,6 +90,8 @@ class OtlpGrpcServer:
                 await intake.accept(signal, batch)
             except InvalidBatch as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            except TooCostly as error:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except Refused as refusal:
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"

@@ -110,8 +110,8 @@ class OtlpHttpServer:
                 return body
             with intake.admission(signal, len(body)):  # a gzip body: its inflated size
                 return await self._parse_and_accept(signal, body, content_type)
-        except TooCostly:
-            return _status(413, _RESOURCE_EXHAUSTED, _TOO_COSTLY, content_type)
+        except TooCostly as error:
+            return _status(413, _RESOURCE_EXHAUSTED, str(error), content_type)
         except Refused as refusal:
             return self._overloaded(refusal, content_type)
 
@@ -163,6 +163,8 @@ class OtlpHttpServer:
             await intake.accept(signal, batch)
         except InvalidBatch as error:
             return _status(400, _INVALID_ARGUMENT, str(error), content_type)
+        except TooCostly as error:
+            return _status(413, _RESOURCE_EXHAUSTED, str(error), content_type)
         except Refused as refusal:
             return self._overloaded(refusal, content_type)
         except Exception:
@@ -185,7 +187,6 @@ class OtlpHttpServer:
         return f"request body exceeds {self.settings.max_request_body_size_mib} MiB"
 
 
-_TOO_COSTLY = "request too large for the memory limit"
 _JSON_ON_LOOP_MAX = 256 << 10
 # Decoding JSON holds the interpreter lock throughout (40-70 ms per MiB measured): past this the
 # health probes, served by another thread, would wait too long.
