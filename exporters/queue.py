@@ -7,9 +7,9 @@ was let in is queued, if need be past ``queue_size`` by what the pipeline held w
 closed, so that data the sidecar acknowledged is not dropped for want of room (the memory
 limiter bounds it all); a destination full for a minute is taken for down, and then, as with
 ``when_full: drop``, what does not fit is dropped and counted. A slow destination never makes
-the sidecar grow without bound. While queued, an
-item's size is held in :mod:`collector.memory`, which the memory limiter watches. With a
-storage extension the queue is kept on disk instead (:mod:`exporters.storage`).
+the sidecar grow without bound. While queued, an item's size is held in
+:mod:`collector.memory`, which the memory limiter watches. With a storage extension the queue
+is kept on disk instead (:mod:`exporters.storage`).
 """
 
 from __future__ import annotations
