@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -14,6 +16,22 @@ from collector.overload import INTERVAL_S, MAX_LAG_S, MIN_IN_FLIGHT, Overload
 def block_the_loop(seconds: float) -> None:
     """What a handler does that runs long without awaiting (parsing a big body)."""
     time.sleep(seconds)
+
+
+def requests_in_flight(overload: Overload, count: int) -> Callable[[], None]:
+    """``count`` requests, each in its own task's context, counted in flight until the
+    returned function ends them."""
+    held = []
+    for _ in range(count):
+        context, request = contextvars.Context(), overload.in_flight_while()
+        context.run(request.__enter__)
+        held.append((context, request))
+
+    def end() -> None:
+        for context, request in held:
+            context.run(request.__exit__, None, None, None)
+
+    return end
 
 
 def test_refuses_while_behind_and_only_then() -> None:
@@ -42,21 +60,17 @@ def test_refuses_what_could_not_be_answered_within_the_bound() -> None:
     async def scenario() -> None:
         overload = Overload()
         overload.start()
-        held = [overload.in_flight_while() for _ in range(MIN_IN_FLIGHT)]
-        for request in held:
-            request.__enter__()  # an idle sidecar takes a burst this big
+        end_burst = requests_in_flight(overload, MIN_IN_FLIGHT)  # an idle sidecar takes this
         with pytest.raises(Refused) as refused:
             overload.check()
         assert refused.value.reason == "overloaded"
         overload.rate = 50.0  # finishing 50 a second: 50 may wait their turn within 1 s
         overload.check()
-        more = [overload.in_flight_while() for _ in range(50 - MIN_IN_FLIGHT)]
-        for request in more:
-            request.__enter__()
+        end_more = requests_in_flight(overload, 50 - MIN_IN_FLIGHT)
         with pytest.raises(Refused):
             overload.check()
-        for request in held + more:
-            request.__exit__(None, None, None)
+        end_burst()
+        end_more()
         assert overload.in_flight == 0
         overload.check()
         await overload.stop()
@@ -74,6 +88,27 @@ def test_the_rate_follows_what_is_answered() -> None:
                     pass
             await asyncio.sleep(INTERVAL_S)
         assert 100 < overload.rate < 500
+        await overload.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_is_counted_once_and_not_refused_by_itself() -> None:
+    """A gRPC call is counted from before its message is read; the intake's count inside it
+    and its own checks leave it out."""
+
+    async def scenario() -> None:
+        overload = Overload()
+        overload.start()
+        end = requests_in_flight(overload, MIN_IN_FLIGHT - 1)
+        with overload.in_flight_while():
+            assert overload.in_flight == MIN_IN_FLIGHT
+            overload.check()  # 31 others: this one is let on
+            with overload.in_flight_while():  # counted already
+                assert overload.in_flight == MIN_IN_FLIGHT
+                overload.check()
+        end()
+        assert overload.in_flight == 0
         await overload.stop()
 
     asyncio.run(scenario())

@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -248,6 +250,35 @@ class TestGrpc:
         )
         assert isinstance(error, grpc.RpcError)
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert_still_serving(shared_sidecar)
+
+    def test_a_call_without_a_message_is_invalid_argument(self, shared_sidecar: Sidecar) -> None:
+        with (
+            grpc.insecure_channel(shared_sidecar.endpoints["otlp_grpc"]) as channel,
+            pytest.raises(grpc.RpcError) as raised,
+        ):
+            channel.stream_unary(TRACE_EXPORT)(iter(()), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert_still_serving(shared_sidecar)
+
+    def test_a_message_that_never_comes_is_unavailable(self, shared_sidecar: Sidecar) -> None:
+        """The call is taken before its message is read, holding a place in flight and the
+        memory the message may cost: a message that does not arrive within 2 s + 1 s per MiB
+        of the largest allowed (1 MiB here) is not waited for."""
+        ended = threading.Event()
+
+        def never() -> Iterator[bytes]:
+            ended.wait(30)
+            yield b""
+
+        with grpc.insecure_channel(shared_sidecar.endpoints["otlp_grpc"]) as channel:
+            try:
+                with pytest.raises(grpc.RpcError) as raised:
+                    channel.stream_unary(TRACE_EXPORT)(never(), timeout=20)
+            finally:
+                ended.set()
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "too slow" in (raised.value.details() or "")
         assert_still_serving(shared_sidecar)
 
 

@@ -2,16 +2,21 @@
 
 Requests arrive as raw bytes and are parsed here, so a malformed message is answered
 INVALID_ARGUMENT (grpc's own deserializer failure would be INTERNAL). Oversized messages are
-refused by grpc itself with RESOURCE_EXHAUSTED before they are read.
+refused by grpc itself with RESOURCE_EXHAUSTED before they are read. The handler runs before
+the message is read, so a call the sidecar cannot take now is refused UNAVAILABLE without
+reading it, and no more messages are read at once than memory admission allows.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from collector.component import Refused
-from collector.memory import MIB, TooCostly
+from collector.http import body_timeout
+from collector.memory import ADMISSION, MIB, TooCostly
 from collector.receivers.otlp import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
@@ -36,6 +41,10 @@ class OtlpGrpcServer:
                 ("grpc.max_receive_message_length", limit),
                 # Without this a second sidecar could silently share the port.
                 ("grpc.so_reuseport", 0),
+                # Flow-control windows stay at their initial size instead of growing to what
+                # the link could carry: a call refused before its message is read has sent
+                # little of it (16 clients' 3.7 MiB calls: a peak of 130 MiB, not 195).
+                ("grpc.http2.bdp_probe", 0),
             ]
         )
         handlers = [
@@ -63,13 +72,19 @@ class OtlpGrpcServer:
 
     def _export_handler(self, signal: Signal) -> grpc.RpcMethodHandler:
         parse = signal.request_type.FromString
+        limit = self.settings.max_recv_msg_size_mib * MIB
         success = signal.success_response().SerializeToString()
         intake = self.intake
 
-        async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def export(requests: object, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                with intake.admission(signal, len(request)):
-                    return await parse_and_accept(request, context)
+                with intake.handling(signal):
+                    # Held while read: what the biggest message would cost parsed, so
+                    # that no more is read at once than could then be let in.
+                    with intake.reading(signal, ADMISSION.cost(limit)):
+                        request = await read(context)
+                    with intake.admission(signal, len(request)):
+                        return await parse_and_accept(request, context)
             except TooCostly as error:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except Refused as refusal:
@@ -77,6 +92,17 @@ class OtlpGrpcServer:
                     grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
                 )
             return success  # not reached: abort raises
+
+        async def read(context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                request = await asyncio.wait_for(context.read(), body_timeout(limit))
+            except TimeoutError:  # a message trickling in holds a place in flight
+                intake.refused(signal, "timeout")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "request message too slow")
+            if request is grpc.aio.EOF:
+                intake.refused(signal, "invalid")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+            return request
 
         async def parse_and_accept(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
@@ -101,5 +127,7 @@ class OtlpGrpcServer:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             return success
 
+        # A unary call on the wire, taken as client-streaming so that the handler runs before
+        # the message is read: it can refuse at once, and what the read may cost is held.
         # No (de)serializers: the handler parses bytes itself and answers pre-encoded bytes.
-        return grpc.unary_unary_rpc_method_handler(export)
+        return grpc.stream_unary_rpc_method_handler(export)
