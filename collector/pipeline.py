@@ -73,26 +73,36 @@ class Door:
         self._head = head
         self._exporters = list(exporters)
 
-    async def consume(self, batch: Batch) -> None:
+    def admit(self) -> None:
         for exporter in self._exporters:
             exporter.admit()
+
+    async def consume(self, batch: Batch) -> None:
+        self.admit()
+        await self.enter(batch)
+
+    async def enter(self, batch: Batch) -> None:
+        """Hand a batch to the first processor, its admission already asked for."""
         await self._head.consume(batch)
 
 
 class Tee:
     """Feeds one receiver's batches to several pipelines of a signal, each its own copy
-    (processors change batches in place)."""
+    (processors change batches in place): into all of them or none, so that a refusal from
+    one cannot make the client send again what another already took."""
 
-    def __init__(self, consumers: Sequence[Consumer]) -> None:
-        self._consumers = list(consumers)
+    def __init__(self, doors: Sequence[Door]) -> None:
+        self._doors = list(doors)
 
     async def consume(self, batch: Batch) -> None:
-        *others, last = self._consumers
-        for consumer in others:
+        for door in self._doors:
+            door.admit()
+        *others, last = self._doors
+        for door in others:
             copy = type(batch)()
             copy.CopyFrom(batch)
-            await consumer.consume(copy)
-        await last.consume(batch)
+            await door.enter(copy)
+        await last.enter(batch)
 
 
 class Service:
@@ -108,7 +118,7 @@ class Service:
             for eid in sorted(used["exporters"])
         }
         self.processors: list[Any] = []  # in pipeline order, upstream first within each
-        heads: dict[str, tuple[Signal, Consumer]] = {}
+        heads: dict[str, tuple[Signal, Door]] = {}
         for name, (signal, pipeline) in pipelines.items():
             head: Consumer = FanOut([self.exporters[eid] for eid in pipeline.exporters])
             chain = []
