@@ -1,4 +1,5 @@
-"""``otel-sidecar``: run the sidecar, validate a config file, ask a running one for its health.
+"""``otel-sidecar``: run the sidecar, validate a config file, list the installed component
+types, ask a running one for its health.
 
 Exit codes: 0 success; 1 the sidecar failed at run time (a port in use, say); 2 bad usage
 or an invalid configuration, with a message naming the YAML key.
@@ -18,11 +19,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from collector import __version__
+from collector import __version__, components
 from collector import config as config_module
 from collector.overload import OVERLOAD
 from collector.pipeline import Service
 from collector.settings import ConfigError
+from collector.signals import Signal
 from collector.telemetry import configure_logging, log
 
 
@@ -68,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--config", metavar="PATH", required=True)
     validate.set_defaults(command=_validate)
+
+    listed = commands.add_parser(
+        "components",
+        help="list the installed receivers, processors, exporters and extensions",
+        description="Lists every component type the installed distributions register (entry "
+        "point groups otel_sidecar.receivers, .processors, .exporters, .extensions), as YAML. "
+        "Exit code 1 when one cannot be loaded.",
+    )
+    listed.set_defaults(command=_components)
 
     health = commands.add_parser(
         "health",
@@ -118,6 +129,27 @@ def _validate(args: argparse.Namespace) -> int:
     pipelines = ", ".join(config.service.pipelines)
     print(f"{args.config}: valid (pipelines: {pipelines})")
     return 0
+
+
+def _components(args: argparse.Namespace) -> int:
+    broken = False
+    for section, kinds in components.sections().items():
+        print(f"{section}:")
+        for name in kinds:
+            entry = kinds.entries[name]
+            print(f"  - name: {name}")
+            try:
+                kind = kinds[name]
+            except ConfigError as error:
+                print(f"    error: {json.dumps(str(error))}")
+                broken = True
+                continue
+            if section != "extensions":
+                print(f"    signals: [{', '.join(s.value for s in Signal if s in kind.signals)}]")
+            print(f"    module: {entry.module}")
+            if entry.dist is not None:
+                print(f"    distribution: {entry.dist.name} {entry.dist.version}")
+    return 1 if broken else 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,9 +6,28 @@ exporters must treat it as read-only (one batch fans out to several exporters).
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
-from collector.signals import Batch
+from collector.signals import Batch, Signal
+
+BOTH = frozenset(Signal)
+TRACES = frozenset({Signal.TRACES})
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A component type, as registered under an entry point in the group
+    ``otel_sidecar.<section>`` (see :mod:`collector.components`): its settings dataclass
+    (built from the YAML and checked), the factory the pipeline calls, and the signals it
+    handles. Factories are called ``factory(id, settings, *wiring)``: a receiver gets its
+    consumers by signal, a processor its signal and next consumer, an extension the
+    components' status, an exporter nothing more."""
+
+    settings: type
+    factory: Callable[..., Any]
+    signals: frozenset[Signal] = BOTH
 
 
 class Consumer(Protocol):
@@ -24,6 +43,12 @@ class Component(Protocol):
 
     async def shutdown(self) -> None:
         """Hand on or flush what is held, release resources. Called upstream first; idempotent."""
+
+
+@runtime_checkable
+class SeesPipeline(Protocol):
+    def joined(self, chain: Sequence[object]) -> None:
+        """Called once its pipeline is built, with the pipeline's processors upstream first."""
 
 
 class Refused(Exception):

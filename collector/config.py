@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from collector import components
+from collector.component import Kind
 from collector.settings import ConfigError, Duration, build, expand_env, setting
 from collector.signals import Signal
 
@@ -114,16 +115,16 @@ def parse_yaml(text: str, environ: Mapping[str, str] | None = None) -> Config:
 def parse(raw: Any, environ: Mapping[str, str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("<root>: expected a mapping with receivers, exporters and service")
-    unknown = sorted(set(raw) - {*components.SECTIONS, "service"})
+    unknown = sorted(set(raw) - {*components.SECTION_NAMES, "service"})
     if unknown:
         raise ConfigError(
             f"{unknown[0]}: unknown key (expected one of: "
-            f"{', '.join(sorted([*components.SECTIONS, 'service']))})"
+            f"{', '.join(sorted([*components.SECTION_NAMES, 'service']))})"
         )
     raw = expand_env(raw, environ=environ)
     sections = {
         section: _components(section, raw.get(section), kinds)
-        for section, kinds in components.SECTIONS.items()
+        for section, kinds in components.sections().items()
     }
     if "service" not in raw:
         raise ConfigError("service: required (it lists the pipelines)")
@@ -151,7 +152,7 @@ def _resolve_storage(exporters: dict[str, Any], extensions: dict[str, Any]) -> N
         exporters[eid] = dataclasses.replace(settings, sending_queue=queue)
 
 
-def _components(section: str, raw: Any, kinds: Mapping[str, components.Kind]) -> dict[str, Any]:
+def _components(section: str, raw: Any, kinds: Mapping[str, Kind]) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -161,7 +162,7 @@ def _components(section: str, raw: Any, kinds: Mapping[str, components.Kind]) ->
         path = f"{section}.{component_id}"
         kind = kinds.get(components.type_of(str(component_id)))
         if kind is None:
-            known = ", ".join(sorted(kinds)) or "none"
+            known = ", ".join(sorted(kinds)) or "none: is otel-sidecar installed? (pip install .)"
             raise ConfigError(f"{path}: unknown {section[:-1]} type (known: {known})")
         built[str(component_id)] = value = build(kind.settings, settings, path)
         check = getattr(value, "check", None)
@@ -190,6 +191,6 @@ def _check_pipelines(config: Config) -> None:
                     raise ConfigError(f"{where}: {role[:-1]} {component_id!r} is not configured")
                 if ids.index(component_id) != index:
                     raise ConfigError(f"{where}: {component_id!r} is listed twice")
-                kind = components.SECTIONS[role][components.type_of(component_id)]
+                kind = components.sections()[role][components.type_of(component_id)]
                 if signal not in kind.signals:
                     raise ConfigError(f"{where}: {component_id!r} does not handle {signal}")

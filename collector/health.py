@@ -38,6 +38,7 @@ from aiohttp.abc import AbstractResolver
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import __version__
+from collector.component import Kind
 from collector.http import listen
 from collector.overload import OVERLOAD
 from collector.settings import ConfigError, Duration, Endpoint, setting
@@ -321,3 +322,6 @@ def _result(status: str, message: str) -> dict[str, str]:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2)
+
+
+KIND = Kind(HealthSettings, HealthServer)  # registered as an entry point (pyproject.toml)

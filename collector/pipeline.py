@@ -15,10 +15,8 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector import components
-from collector.component import Consumer, Refused
+from collector.component import Consumer, Refused, SeesPipeline
 from collector.config import Config, PipelineSettings
-from collector.processors.scrubber import Scrubber
-from collector.processors.slow_spans import SlowSpans
 from collector.sampling import without_errors_only
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, log
@@ -114,8 +112,7 @@ class Service:
             for role in ("receivers", "exporters")
         }
         self.exporters = {
-            eid: _make(components.EXPORTERS, eid, config.exporters[eid])
-            for eid in sorted(used["exporters"])
+            eid: _make("exporters", eid, config.exporters[eid]) for eid in sorted(used["exporters"])
         }
         self.processors: list[Any] = []  # in pipeline order, upstream first within each
         heads: dict[str, tuple[Signal, Door]] = {}
@@ -123,9 +120,11 @@ class Service:
             head: Consumer = FanOut([self.exporters[eid] for eid in pipeline.exporters])
             chain = []
             for pid in reversed(pipeline.processors):
-                head = _make(components.PROCESSORS, pid, config.processors[pid], signal, head)
+                head = _make("processors", pid, config.processors[pid], signal, head)
                 chain.insert(0, head)
-            _share_scrub_rules(chain)
+            for processor in chain:
+                if isinstance(processor, SeesPipeline):
+                    processor.joined(chain)
             self.processors.extend(chain)
             heads[name] = (signal, Door(head, [self.exporters[e] for e in pipeline.exporters]))
             if signal is Signal.TRACES:
@@ -141,9 +140,9 @@ class Service:
                 ]
                 if feeds:
                     consumers[signal] = feeds[0] if len(feeds) == 1 else Tee(feeds)
-            self.receivers[rid] = _make(components.RECEIVERS, rid, config.receivers[rid], consumers)
+            self.receivers[rid] = _make("receivers", rid, config.receivers[rid], consumers)
         self.extensions = {
-            eid: _make(components.EXTENSIONS, eid, settings, self.component_status)
+            eid: _make("extensions", eid, settings, self.component_status)
             for eid, settings in config.extensions.items()
         }
 
@@ -225,17 +224,9 @@ class Service:
             await _within(extension.shutdown(), deadline + 1.0, extension)
 
 
-def _share_scrub_rules(chain: list[Any]) -> None:
-    """slow_spans logs values before the scrubber sees the batch: it uses the scrubber's
-    rules (the configured ones too) for its log lines."""
-    scrubbers = [p for p in chain if isinstance(p, Scrubber)]
-    for processor in chain:
-        if isinstance(processor, SlowSpans) and scrubbers:
-            processor.rules = scrubbers[0].rules
-
-
-def _make(kinds: dict[str, components.Kind], component_id: str, settings: Any, *args: Any) -> Any:
-    return kinds[components.type_of(component_id)].factory(component_id, settings, *args)
+def _make(section: str, component_id: str, settings: Any, *wiring: Any) -> Any:
+    kind = components.sections()[section][components.type_of(component_id)]
+    return kind.factory(component_id, settings, *wiring)
 
 
 async def _within(shutdown: Any, deadline: float, component: Any) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from collector import otlp_json
+from collector.component import Kind
 from collector.settings import ConfigError, setting
 from collector.signals import Batch, item_count, signal_of
 from collector.telemetry import EXPORTED
@@ -72,3 +73,6 @@ class FileExporter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+KIND = Kind(FileSettings, FileExporter)  # registered as an entry point (pyproject.toml)

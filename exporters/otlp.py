@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from collector.component import Kind
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal
 from exporters.compression import gzip_compress
@@ -112,3 +113,6 @@ def _retry_after(value: str | None) -> float:
     except ValueError:
         return 0.0
     return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if seconds == seconds else 0.0
+
+
+KIND = Kind(OtlpHttpSettings, OtlpHttpExporter)  # registered as an entry point (pyproject.toml)

@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from collector.component import Kind
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Signal
 from exporters.otlp_base import OtlpSender, Payload
@@ -174,3 +175,6 @@ def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
                 seconds = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
                 return min(max(0.0, seconds), MAX_RETRY_DELAY_S)
     return None
+
+
+KIND = Kind(OtlpGrpcSettings, OtlpGrpcExporter)  # registered as an entry point (pyproject.toml)

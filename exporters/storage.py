@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from collector.component import Refused
+from collector.component import Kind, Refused
 from collector.memory import HELD
 from collector.settings import ConfigError
 from collector.telemetry import log
@@ -263,3 +263,6 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+KIND = Kind(FileStorageSettings, FileStorage)  # registered as an entry point (pyproject.toml)

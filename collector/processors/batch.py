@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from collector.component import Consumer, Refused
+from collector.component import Consumer, Kind, Refused
 from collector.memory import HELD
 from collector.settings import Duration, setting
 from collector.signals import Batch, Signal, item_count
@@ -96,3 +96,6 @@ class BatchProcessor:
             await self._send()
         except Refused as refusal:
             DROPPED.labels(self.name, self._signal.value, refusal.reason).inc(items)
+
+
+KIND = Kind(BatchSettings, BatchProcessor)  # registered as an entry point (pyproject.toml)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from collector.component import Consumer, Refused
+from collector.component import Consumer, Kind, Refused
 from collector.memory import ADMISSION, HELD, MIB, give_back, resident_bytes
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal
@@ -90,3 +90,6 @@ class MemoryLimiter:
             # Counted by the receiver that answers the retryable refusal (reason memory_limit).
             raise Refused("memory_limit", self.retry_after_s)
         await self._next.consume(batch)
+
+
+KIND = Kind(MemoryLimiterSettings, MemoryLimiter)  # registered as an entry point (pyproject.toml)

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from collector import sampling
-from collector.component import Consumer
+from collector.component import TRACES, Consumer, Kind
 from collector.settings import setting
 from collector.signals import Signal
 from collector.telemetry import DROPPED, SAMPLED
@@ -168,3 +168,6 @@ def _remove_empty(batch: ExportTraceServiceRequest) -> None:
         live = [rs for rs in batch.resource_spans if rs.scope_spans]
         del batch.resource_spans[:]
         batch.resource_spans.extend(live)
+
+
+KIND = Kind(SamplerSettings, Sampler, TRACES)  # registered as an entry point (pyproject.toml)

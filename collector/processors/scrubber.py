@@ -72,7 +72,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector.attributes import EXCEPTION_CHAIN
-from collector.component import Consumer
+from collector.component import Consumer, Kind
 from collector.settings import ConfigError, setting
 from collector.signals import Batch, Signal
 from collector.telemetry import SCRUBBED
@@ -739,3 +739,6 @@ class Scrubber:
 
     async def shutdown(self) -> None:
         pass
+
+
+KIND = Kind(ScrubberSettings, Scrubber)  # registered as an entry point (pyproject.toml)

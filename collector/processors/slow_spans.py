@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector.attributes import first, has
-from collector.component import Consumer
-from collector.processors.scrubber import DEFAULT_RULES, Rules
+from collector.component import TRACES, Consumer, Kind
+from collector.processors.scrubber import DEFAULT_RULES, Rules, Scrubber
 from collector.settings import setting
 from collector.signals import Signal
 from collector.telemetry import SLOW, log
@@ -71,13 +71,19 @@ class SlowSpans:
         self._db_ns = settings.db_threshold_ms * _MS
         self._settings = settings
         self._next = next
-        # The pipeline gives it its scrubber's rules, so the log line obeys the configured ones.
-        self.rules: Rules = DEFAULT_RULES
+        self.rules: Rules = DEFAULT_RULES  # its pipeline's scrubber's, once joined
         self._requests = SLOW.labels(name, "slow_request")
         self._queries = SLOW.labels(name, "slow_query")
         rate = settings.log_lines_per_second
         self._lines = _Bucket(rate, rate * 10)
         self._skipped = 0
+
+    def joined(self, chain: Sequence[object]) -> None:
+        """Its log lines are written before the scrubber sees the batch: they obey the rules
+        of its pipeline's scrubber, the configured ones too."""
+        scrubbers = [p for p in chain if isinstance(p, Scrubber)]
+        if scrubbers:
+            self.rules = scrubbers[0].rules
 
     async def start(self) -> None:
         pass
@@ -165,3 +171,6 @@ class SlowSpans:
             return value
         text = self.rules.scrub_text(value, key=key)  # whole first: a cut must not split a secret
         return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + "…"
+
+
+KIND = Kind(SlowSpansSettings, SlowSpans, TRACES)  # registered as an entry point (pyproject.toml)

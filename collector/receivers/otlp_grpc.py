@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from collector.component import Refused
 from collector.http import body_timeout
 from collector.memory import ADMISSION, MIB, TooCostly
-from collector.receivers.otlp import GrpcSettings, Intake
+from collector.receivers.intake import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
 

@@ -20,7 +20,7 @@ from collector import otlp_json
 from collector.component import Refused
 from collector.http import body_timeout, listen
 from collector.memory import MIB, TooCostly
-from collector.receivers.otlp import HttpSettings, Intake
+from collector.receivers.intake import HttpSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
 
