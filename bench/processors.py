@@ -66,7 +66,7 @@ def sentry_mapping() -> Step:
         buffer = exporter._buffer
         for group in [*buffer.add_spans(spans_of(batch), 0.0), *buffer.flush_all()]:
             for event in exporter._events(group):
-                trace = exporter._trace_header(event)
+                trace = exporter._trace_header(event, 1.0)
                 envelope.event_envelope(event, dsn, trace).serialize()
 
     return step

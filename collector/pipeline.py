@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from collector import components
 from collector.component import Consumer, Refused, SeesPipeline
-from collector.config import Config, PipelineSettings
+from collector.config import Config
 from collector.sampling import without_errors_only
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, log
@@ -127,8 +127,6 @@ class Service:
                     processor.joined(chain)
             self.processors.extend(chain)
             heads[name] = (signal, Door(head, [self.exporters[e] for e in pipeline.exporters]))
-            if signal is Signal.TRACES:
-                self._tell_sample_rate(config, pipeline)
         self.receivers = {}
         for rid in sorted(used["receivers"]):
             consumers: dict[Signal, Consumer] = {}
@@ -145,19 +143,6 @@ class Service:
             eid: _make("extensions", eid, settings, self.component_status)
             for eid, settings in config.extensions.items()
         }
-
-    def _tell_sample_rate(self, config: Config, pipeline: PipelineSettings) -> None:
-        """Exporters that report the sampling rate (Sentry's trace header) learn their
-        pipeline's: the first sampler's rate, or 1 when nothing samples."""
-        rates = [
-            config.processors[pid].rate
-            for pid in pipeline.processors
-            if components.type_of(pid) == "sampler"
-        ]
-        for eid in pipeline.exporters:
-            exporter = self.exporters[eid]
-            if hasattr(exporter, "sample_rate"):
-                exporter.sample_rate = rates[0] if rates else 1.0
 
     def endpoints(self) -> dict[str, str]:
         """Every address listened on: receivers' transports and extensions."""

@@ -15,7 +15,9 @@ of dropped traces ended well, per minute: Sentry's release health counts every r
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
@@ -81,3 +83,57 @@ def without_errors_only(batch: ExportTraceServiceRequest) -> ExportTraceServiceR
         rs for rs, m in zip(batch.resource_spans, marked, strict=True) if not m
     )
     return kept
+
+
+# --- the decision, carried in each span's W3C tracestate ------------------------------------
+# OpenTelemetry's consistent probability sampling writes the rejection threshold into the
+# ``ot`` entry (``ot=th:<hex>``: T as 14 hex digits, trailing zeros dropped): kept iff R >= T.
+# A span passed on by the sampler says so itself, so that every exporter, whichever pipeline
+# it came through, reads the rate it was kept at (Sentry's trace header needs it).
+
+
+# The ``ot`` entry's threshold and randomness: hex numbers, no place for a secret (the scrubber
+# leaves them alone, as its card-number rule would otherwise take 14 digits for one).
+SAMPLING_FIELD = re.compile(r"(?:th|rv):[0-9a-f]{1,14}")
+
+
+def threshold_hex(threshold: int) -> str:
+    return format(threshold, "014x").rstrip("0") or "0"
+
+
+def with_threshold(trace_state: str, threshold: int) -> str:
+    """``trace_state`` with ``th`` in its ``ot`` entry set to ``threshold``, or kept when that
+    one is higher (an earlier sampler that kept less decided first). The ``ot`` entry goes
+    first: the list's most recently updated entry, as W3C Trace Context says."""
+    ot, others = "", []
+    for entry in filter(None, (e.strip() for e in trace_state.split(","))):
+        if entry.startswith("ot="):
+            ot = entry[3:]
+        else:
+            others.append(entry)
+    fields = [f for f in ot.split(";") if f and not f.startswith("th:")]
+    earlier = _threshold_of(ot)
+    mine = threshold_hex(max(threshold, earlier if earlier is not None else 0))
+    return ",".join([f"ot={';'.join([f'th:{mine}', *fields])}", *others])
+
+
+@functools.lru_cache(maxsize=256)
+def rate_of(trace_state: str) -> float:
+    """The probability a span was kept at, from ``ot=th:`` in its tracestate; 1 when no
+    sampler said (nothing sampled it away; the sampler at rate 1 writes nothing)."""
+    for entry in trace_state.split(","):
+        entry = entry.strip()
+        if entry.startswith("ot="):
+            threshold = _threshold_of(entry[3:])
+            if threshold is None:
+                return 1.0
+            # 15 significant digits: the configured rate again (0.01, not 0.010000000000000009)
+            return float(f"{(SCALE - threshold) / SCALE:.15g}")
+    return 1.0
+
+
+def _threshold_of(ot: str) -> int | None:
+    for field in ot.split(";"):
+        if field.startswith("th:") and SAMPLING_FIELD.fullmatch(field):
+            return int(field[3:].ljust(14, "0"), 16)
+    return None

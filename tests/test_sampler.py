@@ -177,3 +177,46 @@ def test_three_sidecars_make_identical_decisions(tmp_path: Path) -> None:
         assert len(kept) == 3 * len(set(kept))  # whole traces
     assert decisions[0] == decisions[1] == decisions[2]
     assert 40 < len(decisions[0]) < 140
+
+
+def test_passed_on_spans_carry_the_threshold_in_their_tracestate() -> None:
+    """OpenTelemetry's consistent probability sampling: ``ot=th:<hex>``, the rejection
+    threshold, so an exporter reads the rate each span was kept at."""
+    ids = [os.urandom(16) for _ in range(400)]
+    batch = sample(0.1, traces(ids))
+    states = {
+        s.trace_state for rs in batch.resource_spans for ss in rs.scope_spans for s in ss.spans
+    }
+    assert states == {"ot=th:e6666666666666"}
+    assert sampling.rate_of("ot=th:e6666666666666") == pytest.approx(0.1)
+    assert sampling.rate_of("") == sampling.rate_of("vendor=x") == 1.0
+
+
+def test_rate_one_writes_nothing() -> None:
+    batch = sample(1.0, traces([os.urandom(16) for _ in range(10)]))
+    assert all(s.trace_state == "" for s in batch.resource_spans[0].scope_spans[0].spans)
+
+
+def test_the_threshold_joins_what_the_tracestate_had() -> None:
+    kept = sampling.threshold(0.5)
+    # other entries stay, the ot entry goes first with its other fields
+    assert sampling.with_threshold("vendor=x,ot=rv:00112233445566", kept) == (
+        "ot=th:8;rv:00112233445566,vendor=x"
+    )
+    # an earlier sampler that kept less decided first: its threshold stays
+    assert sampling.with_threshold("ot=th:e6666666666666", kept) == "ot=th:e6666666666666"
+    assert sampling.with_threshold("ot=th:4", kept) == "ot=th:8"
+
+
+def test_error_spans_of_dropped_traces_carry_the_threshold_too() -> None:
+    """Sentry's trace header says ``sampled: false`` for them from the same rate."""
+    dropped = next(t for t in iter(lambda: os.urandom(16), None) if not _kept(t, 0.1))
+    batch = traces([dropped])
+    batch.resource_spans[0].scope_spans[0].spans[0].status.code = Status.STATUS_CODE_ERROR
+    sample(0.1, batch)
+    (errors,) = [rs for rs in batch.resource_spans if sampling.is_errors_only(rs)]
+    assert errors.scope_spans[0].spans[0].trace_state == "ot=th:e6666666666666"
+
+
+def _kept(trace_id: bytes, rate: float) -> bool:
+    return sampling.randomness(trace_id) >= sampling.threshold(rate)

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from collector import otlp_json
+from collector import otlp_json, sampling
 from collector.processors.scrubber import (
     FILTERED,
     RULE_NAMES,
@@ -984,3 +984,20 @@ def test_array_statements_trace_state_and_severity_text_are_scrubbed() -> None:
     record.severity_text = "ERROR password=hunter2-secret"
     scrub_batch(logs)
     assert "hunter2" not in record.severity_text
+
+
+def test_the_sampling_threshold_in_the_tracestate_survives_at_every_rate() -> None:
+    """``ot=th:`` is 1-14 hex digits: at rate 0.1 they are 14 decimal digits that pass Luhn's
+    check, which the card rule would filter. The other fields of the entry are scrubbed."""
+    for per_mille in range(1, 1000):
+        batch = ExportTraceServiceRequest()
+        span = batch.resource_spans.add().scope_spans.add().spans.add(name="q")
+        mark = f"ot=th:{sampling.threshold_hex(sampling.threshold(per_mille / 1000))}"
+        span.trace_state = mark
+        scrub_batch(batch)
+        assert span.trace_state == mark
+    span.trace_state = "ot=th:e6666666666666;rv:00112233445566;x:token=abc,v=4111111111111111"
+    scrub_batch(batch)
+    assert (
+        span.trace_state == "ot=th:e6666666666666;rv:00112233445566;x:token=[Filtered],v=[Filtered]"
+    )

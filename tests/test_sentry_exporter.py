@@ -66,8 +66,8 @@ def sidecar_for(sink: SentrySink, tmp_path: Path, rate: float = 1.0) -> Sidecar:
 class App:
     """An instrumented app: the SDK's own OTLP exporters pointed at the sidecar."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
-        endpoint = sidecar.endpoints["otlp_grpc"]
+    def __init__(self, sidecar: Sidecar, transport: str = "otlp_grpc") -> None:
+        endpoint = sidecar.endpoints[transport]
         self.tracer_provider = TracerProvider(resource=RESOURCE)
         self.tracer_provider.add_span_processor(
             SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
@@ -151,6 +151,13 @@ class App:
 
 def load_item(message: str) -> None:
     raise LookupError(message)
+
+
+def trace_id_kept_at(rate: float) -> int:
+    while True:
+        trace_id = os.urandom(16)
+        if sampling.randomness(trace_id) >= sampling.threshold(rate):
+            return int.from_bytes(trace_id, "big")
 
 
 def trace_id_dropped_at(rate: float) -> int:
@@ -262,6 +269,42 @@ def test_errors_of_unsampled_traces_still_arrive(sink: SentrySink, tmp_path: Pat
     assert trace["sampled"] == "false"
     assert trace["sample_rate"] == "0.01"
     assert not float(trace["sample_rand"]) < 0.01
+
+
+TWO_RATES = """
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}
+  otlp/sampled: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}
+processors:
+  sampler/half: {rate: 0.5}
+  scrubber: {}
+exporters:
+  sentry: {dsn: "DSN", transaction_wait: 100ms, max_trace_wait: 1s}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [scrubber], exporters: [sentry]}
+    traces/sampled:
+      receivers: [otlp/sampled]
+      processors: [sampler/half, scrubber]
+      exporters: [sentry]
+    logs: {receivers: [otlp, otlp/sampled], processors: [scrubber], exporters: [sentry]}
+"""
+
+
+def test_each_pipeline_s_rate_reaches_the_trace_header(sink: SentrySink, tmp_path: Path) -> None:
+    """One Sentry exporter fed by two traces pipelines, one sampling at 0.5: each transaction's
+    trace header carries the rate its own pipeline kept it at (the sampler writes it into the
+    spans' tracestate, ``ot=th:8``)."""
+    kept = trace_id_kept_at(0.5)
+    with Sidecar(tmp_path, TWO_RATES.replace("DSN", sink.dsn)) as sidecar:
+        for transport in ("otlp_grpc", "otlp/sampled_grpc"):
+            app = App(sidecar, transport)
+            app.request(trace_id=kept)
+            app.close()
+        sink.wait_for(lambda: len(sink.events("transaction")) == 2)
+    headers = [r.envelope.headers["trace"] for r in sink.received if r.items("transaction")]
+    assert sorted(h["sample_rate"] for h in headers) == ["0.5", "1.0"]
+    assert all(h["sampled"] == "true" for h in headers)
 
 
 def test_exception_logs_become_errors_once(sink: SentrySink, tmp_path: Path) -> None:

@@ -81,7 +81,6 @@ def test_sessions_are_exact_whatever_the_sample_rate(sink: SentrySink) -> None:
         exporter = SentryExporter(
             "sentry", settings(sink, environment="", sessions_interval=Duration(3600))
         )
-        exporter.sample_rate = 0.1
         await exporter.start()
         for sampled in collected.batches:
             await exporter.consume(sampled)

@@ -4,7 +4,9 @@ The decision needs nothing but the trace id (see :mod:`collector.sampling`), so 
 before any attribute is read. Error spans of dropped traces (an ``exception`` event or status
 ERROR) are not lost: they move to ResourceSpans marked errors-only, which reach only the
 exporters with an error path, and so does the count of the dropped traces' other requests (for
-release health). Counted: kept and dropped spans.
+release health). Every span it passes on (kept, or on the error path) carries its threshold in
+its tracestate (``ot=th:…``, :func:`collector.sampling.with_threshold`), so that exporters
+read the rate each span was kept at. Counted: kept and dropped spans.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Sampler:
         self.name = name
         self.rate = settings.rate
         self._threshold = sampling.threshold(settings.rate)
+        self._mark = f"ot=th:{sampling.threshold_hex(self._threshold)}"
         self._next = next
         self._kept = SAMPLED.labels(name)
         self._dropped = DROPPED.labels(name, signal.value, "sampled_out")
@@ -71,21 +74,30 @@ class Sampler:
                 keeps = [int.from_bytes(s.trace_id[-7:], "big") >= threshold for s in spans]
                 if all(keeps):
                     kept += len(spans)
+                    self._mark_threshold(spans)
                     continue
                 lost = [s for s, k in zip(spans, keeps, strict=True) if not k]
                 failed_traces = _error_traces(lost)
                 if failed_traces:
                     failed = [s for s in lost if s.trace_id in failed_traces]
+                    self._mark_threshold(failed)
                     errors.append(_errors_only(resource_spans, scope_spans, failed))
                 requests = _healthy_requests(lost, failed_traces)
                 if requests:
                     errors.append(_unsampled_sessions(resource_spans, requests))
                 kept += len(spans) - len(lost)
                 dropped += len(lost)
+                self._mark_threshold([s for s, k in zip(spans, keeps, strict=True) if k])
                 _delete_dropped(scope_spans.spans, keeps)
         _remove_empty(batch)
         batch.resource_spans.extend(errors)
         return kept, dropped
+
+    def _mark_threshold(self, spans: list[Span]) -> None:
+        mark, threshold = self._mark, self._threshold
+        for span in spans:
+            state = span.trace_state
+            span.trace_state = sampling.with_threshold(state, threshold) if state else mark
 
 
 def _error_traces(spans: list[Span]) -> set[bytes]:

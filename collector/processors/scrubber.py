@@ -73,6 +73,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector.attributes import EXCEPTION_CHAIN
 from collector.component import Consumer, Kind
+from collector.sampling import SAMPLING_FIELD
 from collector.settings import ConfigError, setting
 from collector.signals import Batch, Signal
 from collector.telemetry import SCRUBBED
@@ -354,8 +355,7 @@ class Rules:
         message = span.status.message
         if message and (new := self._changed(message, counts)) is not None:
             span.status.message = new
-        # Vendors' key=value pairs: a token put there by a client must not pass.
-        if span.trace_state and (new := self._changed(span.trace_state, counts)) is not None:
+        if span.trace_state and (new := self._trace_state(span.trace_state, counts)) is not None:
             span.trace_state = new
 
     def _record(self, record: LogRecord, counts: list[int]) -> None:
@@ -500,6 +500,23 @@ class Rules:
             return  # nothing there, or filtered already: no change, no count
         value.string_value = FILTERED  # also clears an int, array or kvlist: it is a oneof
         counts[rule] += 1
+
+    def _trace_state(self, text: str, counts: list[int]) -> str | None:
+        """Vendors' key=value pairs: a token put there by a client must not pass; the sampling
+        fields of the ``ot`` entry (``th:``, ``rv:``) are kept as they are."""
+        if "ot=" not in text:
+            return self._changed(text, counts)
+        entries = []
+        for entry in text.split(","):
+            key, equals, value = entry.partition("=")
+            if key.strip() == "ot" and equals:
+                fields = [f if SAMPLING_FIELD.fullmatch(f) else self._text(f, counts)
+                          for f in value.split(";")]  # fmt: skip
+                entries.append(f"{key}={';'.join(fields)}")
+            else:
+                entries.append(self._text(entry, counts))
+        new = ",".join(entries)
+        return None if new == text else new
 
     def _changed(self, text: str, counts: list[int]) -> str | None:
         """The scrubbed text of a plain string field, or None when it stays as it is."""

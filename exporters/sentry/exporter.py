@@ -93,7 +93,6 @@ class SentryExporter:
     def __init__(self, name: str, settings: SentrySettings) -> None:
         self.name = name
         self.settings = settings
-        self.sample_rate = 1.0  # the traces pipeline's sampler rate, set by the pipeline
         self.enabled = bool(settings.dsn)
         self._defaults = mapping.Defaults(
             settings.environment, settings.release, __version__, settings.transaction_style
@@ -211,9 +210,11 @@ class SentryExporter:
 
     def _emit(self, groups: list[Group]) -> None:
         for group in groups:
+            segment = _segment(group)
+            rate = segment.sample_rate if segment is not None else 1.0
             try:
                 for event in self._events(group):
-                    self._submit_event(event)
+                    self._submit_event(event, rate)
             except Exception as error:  # one malformed trace must not stop the others
                 DROPPED.labels(self.name, "error", "internal_error").inc()
                 log.error("sentry_event_failed", exporter=self.name, error=type(error).__name__)
@@ -223,7 +224,7 @@ class SentryExporter:
     def _events(self, group: Group) -> list[dict[str, Any]]:
         """The transaction (if sampled) and the error events of one group."""
         spans = group.spans
-        segment = group.segment or (spans[0] if spans else None)
+        segment = _segment(group)
         events: list[dict[str, Any]] = []
         if segment is not None and segment.sampled and not group.late:
             events.append(self._transaction(segment, spans[1:]))
@@ -251,7 +252,7 @@ class SentryExporter:
             children = children[:MAX_SPANS_PER_TRANSACTION]
         return mapping.transaction(segment, children, self._defaults)
 
-    def _trace_header(self, event: dict[str, Any]) -> dict[str, str] | None:
+    def _trace_header(self, event: dict[str, Any], sample_rate: float) -> dict[str, str] | None:
         trace = event.get("contexts", {}).get("trace", {})
         if not trace.get("trace_id"):
             return None
@@ -259,15 +260,16 @@ class SentryExporter:
             "transaction" in event and event.get("type") != "transaction"
         )
         return envelope.trace_header(
-            trace["trace_id"], self._public_key, self.sample_rate,
+            trace["trace_id"], self._public_key, sample_rate,
             event.get("environment"), event.get("release"),
             event.get("transaction") if routed else None,
         )  # fmt: skip
 
-    def _submit_event(self, event: dict[str, Any]) -> None:
+    def _submit_event(self, event: dict[str, Any], sample_rate: float) -> None:
         """Sentry refuses events over 1 MiB: an oversized one sheds what it can spare (as
-        sentry-sdk trims), and leaves whole or is dropped, counted."""
-        trace = self._trace_header(event)
+        sentry-sdk trims), and leaves whole or is dropped, counted. ``sample_rate``: what the
+        trace's segment was kept at, for the trace header."""
+        trace = self._trace_header(event, sample_rate)
         outgoing = envelope.event_envelope(event, self.settings.dsn, trace)
         while outgoing.size > MAX_EVENT_BYTES:
             if not mapping.lighten(event):
@@ -281,6 +283,10 @@ class SentryExporter:
     def _submit(self, outgoing: envelope.Outgoing) -> None:
         assert self._transport is not None
         self._transport.submit(outgoing)
+
+
+def _segment(group: Group) -> SpanRecord | None:
+    return group.segment or (group.spans[0] if group.spans else None)
 
 
 def _outermost_records(spans: list[SpanRecord]) -> list[tuple[SpanRecord, Event]]:

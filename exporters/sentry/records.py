@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from collector.attributes import plain
-from collector.sampling import MARKERS, UNSAMPLED_SESSIONS, is_errors_only
+from collector.sampling import MARKERS, UNSAMPLED_SESSIONS, is_errors_only, rate_of
 
 SERVER, CLIENT, CONSUMER = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_CONSUMER
 # Span.flags bits 8 and 9: "the parent's is_remote is known" and "the parent is remote".
@@ -76,6 +76,7 @@ class SpanRecord:
     resource: dict[str, Any]
     scope: str
     sampled: bool
+    sample_rate: float = 1.0  # what its pipeline's sampler kept it at (its tracestate says)
     size: int = 0  # bytes it holds in memory (estimated: record_cost)
 
     @property
@@ -149,6 +150,7 @@ def _span_record(span: Span, resource: dict[str, Any], scope: str, sampled: bool
         resource=resource,
         scope=scope,
         sampled=sampled,
+        sample_rate=rate_of(span.trace_state),
         size=record_cost(span.ByteSize()),
     )
 
