@@ -21,8 +21,9 @@ RECEIVED = Counter(
     registry=REGISTRY,
 )
 REFUSED = Counter(
-    "otelsidecar_receiver_refused_items",
-    "Requests refused by a receiver, by reason (invalid, too_large, unsupported, memory_limit).",
+    "otelsidecar_receiver_refused_requests",
+    "Requests refused by a receiver, by reason (invalid, too_large, unsupported, timeout, "
+    "memory_limit, queue_full, overloaded, loop_lag).",
     ["receiver", "signal", "reason"],
     registry=REGISTRY,
 )

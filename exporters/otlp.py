@@ -20,7 +20,14 @@ from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal
 from exporters.compression import gzip_compress
 from exporters.otlp_base import OtlpSender, Payload
-from exporters.retry import Permanent, QueueSettings, Retryable, RetrySettings, Throttled
+from exporters.retry import (
+    Permanent,
+    QueueSettings,
+    Retryable,
+    RetrySettings,
+    Throttled,
+    retry_after_s,
+)
 
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _PATHS = {Signal.TRACES: "/v1/traces", Signal.LOGS: "/v1/logs"}
@@ -101,18 +108,11 @@ class OtlpHttpExporter(OtlpSender):
             ) as response:
                 body = await response.read()
                 self.last_error = None if response.status < 300 else f"HTTP {response.status}"
-                return response.status, _retry_after(response.headers.get("Retry-After")), body
+                asked = retry_after_s(response.headers.get("Retry-After"), MAX_RETRY_AFTER_S)
+                return response.status, asked or 0.0, body
         except (aiohttp.ClientError, TimeoutError) as error:
             self.last_error = type(error).__name__  # the type only: no URL, no header
             return None, 0.0, b""
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        seconds = float(value) if value else 0.0
-    except ValueError:
-        return 0.0
-    return min(max(0.0, seconds), MAX_RETRY_AFTER_S) if seconds == seconds else 0.0
 
 
 KIND = Kind(OtlpHttpSettings, OtlpHttpExporter)  # registered as an entry point (pyproject.toml)

@@ -108,6 +108,18 @@ class Throttled(Retryable):
         self.retry_after_s = retry_after_s
 
 
+def retry_after_s(value: str | None, most: float) -> float | None:
+    """Seconds from a ``Retry-After`` header (or one ``X-Sentry-Rate-Limits`` entry), at
+    most ``most``; None when absent or not a number (HTTP dates are not honoured)."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    if seconds is None or seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), most)
+
+
 T = TypeVar("T")
 
 

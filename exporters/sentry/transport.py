@@ -12,11 +12,9 @@ sentry-python does (``queue_overflow``, ``ratelimit_backoff``, ``send_error``,
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Mapping
-from itertools import chain
 
 import aiohttp
 from sentry_sdk.envelope import Item
@@ -26,7 +24,14 @@ from collector import __version__
 from collector.telemetry import DROPPED, EXPORTED, log
 from exporters.compression import gzip_compress
 from exporters.queue import sending_queue
-from exporters.retry import QueueSettings, RetrySettings
+from exporters.retry import (
+    Permanent,
+    QueueSettings,
+    Retryable,
+    RetrySettings,
+    retry_after_s,
+    send_with_retry,
+)
 from exporters.sentry.envelope import OUTGOING, Outgoing, category, client_report, quantity
 
 DEFAULT_RATE_LIMIT_S = 60.0
@@ -51,10 +56,10 @@ def parse_rate_limits(header: str, now: float) -> dict[str, float]:
     limits: dict[str, float] = {}
     for entry in header.split(","):
         retry_after, _, rest = entry.strip().partition(":")
-        try:
-            until = now + _clamp(float(retry_after))
-        except ValueError:
+        seconds = retry_after_s(retry_after, MAX_RATE_LIMIT_S)
+        if seconds is None:
             continue
+        until = now + seconds
         categories = rest.split(":", 1)[0]
         for name in categories.split(";") if categories else [_ALL]:
             limits[name or _ALL] = max(until, limits.get(name or _ALL, 0.0))
@@ -62,16 +67,9 @@ def parse_rate_limits(header: str, now: float) -> dict[str, float]:
 
 
 def retry_after_seconds(value: str | None) -> float:
-    try:
-        return _clamp(float(value)) if value is not None else DEFAULT_RATE_LIMIT_S
-    except ValueError:
-        return DEFAULT_RATE_LIMIT_S
-
-
-def _clamp(seconds: float) -> float:
-    if seconds != seconds:  # NaN
-        return DEFAULT_RATE_LIMIT_S
-    return min(max(0.0, seconds), MAX_RATE_LIMIT_S)
+    """A 429's ``Retry-After``, or :data:`DEFAULT_RATE_LIMIT_S` without a usable one."""
+    seconds = retry_after_s(value, MAX_RATE_LIMIT_S)
+    return DEFAULT_RATE_LIMIT_S if seconds is None else seconds
 
 
 class SentryTransport:
@@ -146,21 +144,31 @@ class SentryTransport:
         if not outgoing.items and not reports:
             return
         body = gzip_compress(outgoing.serialize(reports))
-        for delay in chain([0.0], self._retry.delays()):
-            await asyncio.sleep(delay)
-            status = await self._post(body)
-            if status is None or status >= 500:
-                continue  # network error or server error: retry
-            if 200 <= status < 300:
-                self._count_sent(outgoing)
-            elif status == 429:
-                self._count(outgoing, "rate_limited")  # Sentry counted these itself
-            else:
-                self._drop(outgoing, "send_error")
-                log.warning("sentry_rejected", exporter=self.name, status=status)
+        try:
+            status = await send_with_retry(lambda: self._send(body), self._retry)
+        except Permanent:
+            self._drop(outgoing, "send_error")
+            log.warning("sentry_rejected", exporter=self.name, status=self.last_error)
             return
-        self._drop(outgoing, "network_error")
-        self._discarded.update(reported)  # the reports it carried go with the next envelope
+        except Retryable:
+            self._drop(outgoing, "network_error")
+            self._discarded.update(reported)  # the reports it carried go with the next envelope
+            return
+        if status == 429:
+            self._count(outgoing, "rate_limited")  # Sentry counted these itself
+        else:
+            self._count_sent(outgoing)
+
+    async def _send(self, body: bytes) -> int:
+        """One POST: the status of an answer that ends it (2xx, or 429: its limits are set
+        and Sentry counted the items); Retryable on a network error or 5xx, Permanent on
+        another 4xx."""
+        status = await self._post(body)
+        if status is None or status >= 500:
+            raise Retryable(self.last_error or "no answer")
+        if 200 <= status < 300 or status == 429:
+            return status
+        raise Permanent(f"HTTP {status}")
 
     async def _post(self, body: bytes) -> int | None:
         assert self._session is not None
