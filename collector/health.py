@@ -24,6 +24,7 @@ import asyncio
 import ipaddress
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,10 @@ STALLED_S = 10.0
 _REPORT_TIMEOUT_S = 5.0
 _DATABASE_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "redis": 6379,
                    "mongodb": 27017, "mssql": 1433}  # fmt: skip
+# Whose protocol a database check speaks (see _speaks_database); others: the port only.
+_DATABASES = {"postgresql": "PostgreSQL", "postgres": "PostgreSQL", "mysql": "MySQL",
+              "redis": "Redis"}  # fmt: skip
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 
 @dataclass(frozen=True)
@@ -288,16 +293,48 @@ async def _probe(probe: CheckSettings, lookup: _Lookup) -> dict[str, str]:
         except aiohttp.ClientError as error:
             return _result(UNHEALTHY, f"Request failed: {type(error).__name__}")
     host, port = _target(probe) or ("", 0)
+    what = "Database connection" if probe.type == "database" else "Connection"
     try:
         _, ip, port = (await lookup(host, port))[0]
-        _, writer = await asyncio.open_connection(ip, port)
+        reader, writer = await asyncio.open_connection(ip, port)
     except OSError as error:
-        what = "Database connection" if probe.type == "database" else "Connection"
         return _result(UNHEALTHY, f"{what} failed: {error.strerror or type(error).__name__}")
-    writer.close()
-    await writer.wait_closed()
-    what = "Database connection" if probe.type == "database" else "Connection"
+    try:
+        if probe.type == "tcp":
+            return _result(HEALTHY, "Connection successful")
+        scheme = urlsplit(probe.url).scheme.split("+")[0]
+        speaks = await _speaks_database(scheme, reader, writer)
+    except OSError as error:
+        return _result(UNHEALTHY, f"{what} failed: {error.strerror or type(error).__name__}")
+    finally:
+        writer.close()
+    if speaks is None:
+        return _result(HEALTHY, f"Database port open (no {scheme} protocol check)")
+    if not speaks:
+        return _result(UNHEALTHY, f"{what} failed: not a {_DATABASES[scheme]} server")
     return _result(HEALTHY, f"{what} successful")
+
+
+async def _speaks_database(
+    scheme: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bool | None:
+    """Whether the server answers in the URL's database protocol, asked before any
+    authentication (no credentials are sent); None for a scheme not checked here."""
+    if scheme in ("postgresql", "postgres"):
+        # SSLRequest: every PostgreSQL server answers it with one byte, S or N.
+        writer.write(_SSL_REQUEST)
+        await writer.drain()
+        return await reader.read(1) in (b"S", b"N")
+    if scheme == "mysql":
+        # The server speaks first: a packet (3 bytes of length, a sequence number) whose
+        # payload starts with the protocol version, 10, or 0xff for an error it reports.
+        header = await reader.read(5)
+        return len(header) == 5 and header[4] in (10, 0xFF)
+    if scheme == "redis":
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        return (await reader.readline()).startswith((b"+PONG", b"-NOAUTH", b"-ERR", b"-WRONGPASS"))
+    return None
 
 
 def _target(probe: CheckSettings) -> tuple[str, int] | None:

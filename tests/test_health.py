@@ -7,16 +7,19 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from collector import cli
+from tests.postgres import postgres_server
 from tests.sentry_sink import SentrySink
 from tests.sidecar import BASIC_CONFIG, ROOT, Sidecar
 from tests.test_receivers import post, trace_request
@@ -30,16 +33,37 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def database() -> Iterator[int]:
-    """A TCP listener standing in for a database server."""
+    """A real PostgreSQL server: the database check speaks its protocol."""
+    with postgres_server() as url:
+        port = urlsplit(url).port
+        assert port is not None
+        yield port
+
+
+@pytest.fixture
+def impostor() -> Iterator[int]:
+    """A port that answers, but not as PostgreSQL does."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
+
+        def answer() -> None:
+            while True:
+                try:
+                    connection, _ = server.accept()
+                except OSError:  # closed: the test is over
+                    return
+                with connection:
+                    connection.recv(8)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
         yield server.getsockname()[1]
 
 
-def config(database_port: int, dead_port: int, dsn: str) -> str:
+def config(database_port: int, dead_port: int, dsn: str, impostor_port: int) -> str:
     return (
         BASIC_CONFIG.replace(
             "exporters:\n",
@@ -55,6 +79,10 @@ extensions:
       database:
         type: database
         url: "postgresql://app:{SECRET_PASSWORD}@127.0.0.1:{database_port}/app"
+        interval: 1s
+      impostor:
+        type: database
+        url: "postgresql+psycopg://app:{SECRET_PASSWORD}@127.0.0.1:{impostor_port}/app"
         interval: 1s
       sandbox_pool: {{type: tcp, address: "127.0.0.1:{dead_port}", interval: 1s}}
 """
@@ -79,10 +107,10 @@ def wait_checked(sidecar: Sidecar) -> dict:
     raise AssertionError("checks never ran")
 
 
-def test_health_report_probes_and_metrics(tmp_path: Path, database: int) -> None:
+def test_health_report_probes_and_metrics(tmp_path: Path, database: int, impostor: int) -> None:
     with (
         SentrySink() as sink,
-        Sidecar(tmp_path, config(database, free_port(), sink.dsn)) as sidecar,
+        Sidecar(tmp_path, config(database, free_port(), sink.dsn, impostor)) as sidecar,
     ):
         base = f"http://{sidecar.endpoints['health']}"
         assert post(sidecar, "/v1/traces", trace_request().SerializeToString())[0] == 200
@@ -108,6 +136,10 @@ def test_health_report_probes_and_metrics(tmp_path: Path, database: int) -> None
         "status": "healthy",
         "message": "Database connection successful",
     }
+    assert components["impostor"] == {
+        "status": "unhealthy",
+        "message": "Database connection failed: not a PostgreSQL server",
+    }
     assert components["sandbox_pool"]["status"] == "unhealthy"
     assert components["otlp_grpc"]["status"] == "healthy"
     assert components["otlp_http"]["message"].startswith("listening on 127.0.0.1:")
@@ -126,7 +158,7 @@ def test_health_report_probes_and_metrics(tmp_path: Path, database: int) -> None
 
 
 def test_healthy_when_everything_is(tmp_path: Path, database: int) -> None:
-    with Sidecar(tmp_path, config(database, database, "")) as sidecar:
+    with Sidecar(tmp_path, config(database, database, "", database)) as sidecar:
         report = wait_checked(sidecar)
         cli = subprocess.run(
             [
