@@ -10,7 +10,7 @@ RUNTIME := $(VENV)/.runtime
 DEV := $(VENV)/.dev
 BUGSINK := $(VENV)/.bugsink
 
-.PHONY: demo demo-sentry test test-gateway run bench lint format clean
+.PHONY: demo demo-sentry test test-gateway run bench mutate lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,9 +53,15 @@ bench: $(DEV)  ## throughput against a bare gRPC ceiling; figures go in bench/RE
 	$(BIN)/python bench/processors.py
 	$(BIN)/python bench/app_overhead.py
 
+mutate: $(DEV)  ## mutation testing (mutmut) of the pipeline, processors, exporter helper, admission
+	$(PIP) 'mutmut>=3.3,<4'
+	rm -rf mutants
+	$(BIN)/mutmut run
+	$(BIN)/python bench/mutation_score.py
+
 format: $(DEV)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

@@ -6,30 +6,36 @@ started, shutdown runs upstream first, and what the pipeline held is released on
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from structlog.testing import capture_logs
 
 from collector import config as config_module
+from collector import sampling
 from collector.component import Consumer, Refused
 from collector.memory import ADMISSION, HELD
 from collector.pipeline import Door, FanOut, Service, Tee
 from collector.signals import Batch, Signal
 from collector.telemetry import REGISTRY
 from tests.otlp_sink import OtlpSink
+from tests.sidecar import spans_in
 from tests.test_receivers import trace_request
 
 
 class FakeExporter:
     """Takes batches into a list; or fails, or has no room, as a test says."""
 
-    accepts_unsampled_errors = False
-
     def __init__(self, name: str, error: Exception | None = None) -> None:
         self.name = name
+        self.accepts_unsampled_errors = False
         self.error = error
         self.full = False
         self.batches: list[Batch] = []
@@ -236,3 +242,206 @@ def test_what_the_pipeline_held_is_released_once_sent() -> None:
         idle, after = asyncio.run(run())
         assert sum(len(list(spans(b))) for b in sink.accepted(Signal.TRACES)) == 20
     assert after == idle
+
+
+def errors_only(batch: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    for resource_spans in batch.resource_spans:
+        resource_spans.resource.attributes.add(key=sampling.ERRORS_ONLY).value.bool_value = True
+    return batch
+
+
+def test_unsampled_errors_reach_only_the_exporters_with_an_error_path() -> None:
+    errors, other = FakeExporter("sentry"), FakeExporter("otlp_http")
+    errors.accepts_unsampled_errors = True
+    batch = trace_request(spans=2, name="kept")
+    batch.resource_spans.extend(errors_only(trace_request(spans=1, name="error")).resource_spans)
+    asyncio.run(FanOut([errors, other]).consume(batch))
+    assert [names(b) for b in errors.batches] == [{"kept", "error"}]
+    assert [names(b) for b in other.batches] == [{"kept"}]
+    asyncio.run(FanOut([errors, other]).consume(errors_only(trace_request(spans=1))))
+    assert len(errors.batches) == 2 and len(other.batches) == 1  # nothing left for it
+
+
+def test_a_failed_export_is_logged_by_exporter_signal_and_error_type_alone() -> None:
+    broken = FakeExporter("broken", RuntimeError("https://key@sentry.example/1 refused"))
+    with capture_logs() as logs:
+        asyncio.run(FanOut([broken]).consume(trace_request(spans=1)))
+    assert logs == [
+        {"event": "export_failed", "exporter": "broken", "signal": "traces",
+         "error": "RuntimeError", "log_level": "error"}
+    ]  # fmt: skip
+
+
+WIRING = """
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+  otlp/second: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+exporters:
+  file/first: {path: "FIRST"}
+  file/second: {path: "SECOND"}
+  otlp_http: {endpoint: "http://127.0.0.1:9", retry_on_failure: {enabled: false}}
+extensions:
+  health: {endpoint: "127.0.0.1:0"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [file/first]}
+    traces/second: {receivers: [otlp, otlp/second], exporters: [file/second, otlp_http]}
+"""
+
+
+def wired(tmp_path: Path) -> Service:
+    text = WIRING.replace("FIRST", str(tmp_path / "first.jsonl"))
+    return Service(config_module.parse_yaml(text.replace("SECOND", str(tmp_path / "second.jsonl"))))
+
+
+def written(path: Path) -> list[str]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [span["name"] for _, span in spans_in(lines)]
+
+
+def test_each_receiver_feeds_the_pipelines_that_list_it(tmp_path: Path) -> None:
+    sidecar = wired(tmp_path)
+    intakes = {
+        rid: receiver.servers[0].intake for rid, receiver in sidecar.receivers.items()
+    }  # fmt: skip
+    assert not intakes["otlp"].serves(Signal.LOGS)  # no logs pipeline lists it
+
+    async def run() -> None:
+        await sidecar.start()
+        try:
+            await intakes["otlp"].accept(Signal.TRACES, trace_request(spans=1, name="to both"))
+            await intakes["otlp/second"].accept(Signal.TRACES, trace_request(spans=1, name="one"))
+        finally:
+            await sidecar.shutdown(grace_s=1)
+
+    asyncio.run(run())
+    assert written(tmp_path / "first.jsonl") == ["to both"]
+    assert sorted(written(tmp_path / "second.jsonl")) == ["one", "to both"]
+
+
+def test_one_health_entry_per_component(tmp_path: Path) -> None:
+    """The otlp_http exporter and the otlp receiver's HTTP transport share a name: the
+    exporter's entry is ``exporter/otlp_http``."""
+    sidecar = wired(tmp_path)
+
+    async def run() -> dict[str, dict[str, str]]:
+        await sidecar.start()
+        try:
+            return sidecar.component_status()
+        finally:
+            await sidecar.shutdown(grace_s=1)
+
+    status = asyncio.run(run())
+    assert set(status) == {
+        "otlp_http", "otlp/second_http", "file/first", "file/second", "exporter/otlp_http"
+    }  # fmt: skip
+    address = sidecar.endpoints()["otlp/second_http"]
+    assert status["otlp/second_http"] == {"status": "healthy", "message": f"listening on {address}"}
+    assert status["exporter/otlp_http"]["status"] == "healthy"
+    assert set(status["file/first"]) == {"status", "message"}
+    assert "health" in sidecar.endpoints()
+
+
+def test_ready_once_started_and_not_from_the_start_of_shutdown(tmp_path: Path) -> None:
+    sidecar = wired(tmp_path)
+    health = sidecar.extensions["health"]
+    seen: list[bool] = []
+    receiver = sidecar.receivers["otlp"]
+    stop = receiver.shutdown
+
+    async def recorded(**kw: Any) -> None:
+        seen.append(health.ready)  # what the probe said as the receivers stopped
+        await stop(**kw)
+
+    receiver.shutdown = recorded
+
+    async def run() -> None:
+        assert health.ready is False
+        await sidecar.start()
+        seen.append(health.ready)
+        await sidecar.shutdown(grace_s=1)
+
+    asyncio.run(run())
+    assert seen == [True, False] and health.ready is False
+
+
+def test_a_shutdown_past_the_grace_period_is_cancelled_and_the_rest_still_stop(
+    tmp_path: Path,
+) -> None:
+    """Receivers get a quarter of the grace period (at most 5 s) to finish their calls; a
+    component that overruns the deadline is cancelled and named in the log; one that fails
+    is named too; the components after it stop all the same."""
+    sidecar = wired(tmp_path)
+    stopped: list[str] = []
+    graces: list[float] = []
+
+    cancelled: list[bool] = []
+
+    async def hangs() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def fails() -> None:
+        raise OSError("disk gone")
+
+    for exporter in sidecar.exporters.values():
+        stop = exporter.shutdown
+
+        async def recorded(_stop: Any = stop, _name: str = exporter.name) -> None:
+            stopped.append(_name)
+            await _stop()
+
+        exporter.shutdown = recorded
+    receiver_stop = sidecar.receivers["otlp"].shutdown
+
+    async def receiver_recorded(grace_s: float) -> None:
+        graces.append(grace_s)
+        await receiver_stop(grace_s=grace_s)
+
+    sidecar.receivers["otlp"].shutdown = receiver_recorded
+    sidecar.exporters["file/first"].shutdown = hangs
+    sidecar.exporters["file/second"].shutdown = fails
+
+    async def run() -> None:
+        await sidecar.start()
+        await sidecar.shutdown(grace_s=0.4)
+
+    with capture_logs() as logs:
+        asyncio.run(run())
+    assert graces == [0.1]
+    assert stopped == ["otlp_http"]
+    events = {(e["event"], e.get("component"), e.get("error")) for e in logs}
+    assert ("shutdown_timeout", "file/first", None) in events
+    assert ("shutdown_failed", "file/second", "OSError") in events
+    assert cancelled == [True]  # not waited for
+    assert not listening(sidecar.extensions["health"].address)
+
+
+class ThirdParty:
+    """An exporter that says nothing about unsampled errors (a plugin's, say)."""
+
+    name = "third_party"
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    async def consume(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+
+def test_an_exporter_that_does_not_declare_an_error_path_gets_none() -> None:
+    exporter = ThirdParty()
+    asyncio.run(FanOut([exporter]).consume(errors_only(trace_request(spans=1))))
+    assert exporter.batches == []
+
+
+def test_logs_reach_every_exporter() -> None:
+    plain, errors = FakeExporter("file"), FakeExporter("sentry")
+    errors.accepts_unsampled_errors = True
+    logs = ExportLogsServiceRequest()
+    logs.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "hello"
+    asyncio.run(FanOut([plain, errors]).consume(logs))
+    assert plain.batches == [logs] and errors.batches == [logs]

@@ -16,6 +16,7 @@ from collector import sampling
 from collector.pipeline import FanOut
 from collector.processors.sampler import Sampler, SamplerSettings
 from collector.signals import Batch, Signal, item_count
+from collector.telemetry import REGISTRY
 from tests.sidecar import BASIC_CONFIG, Sidecar, spans_in
 from tests.test_receivers import grpc_export
 
@@ -220,3 +221,67 @@ def test_error_spans_of_dropped_traces_carry_the_threshold_too() -> None:
 
 def _kept(trace_id: bytes, rate: float) -> bool:
     return sampling.randomness(trace_id) >= sampling.threshold(rate)
+
+
+def trace_id_with_randomness(value: int) -> bytes:
+    return os.urandom(9) + value.to_bytes(7, "big")
+
+
+def test_a_trace_whose_randomness_is_the_threshold_is_kept() -> None:
+    threshold = sampling.threshold(0.25)
+    on, below = trace_id_with_randomness(threshold), trace_id_with_randomness(threshold - 1)
+    assert kept_trace_ids(sample(0.25, traces([on, below]))) == {on}
+
+
+def test_kept_and_dropped_spans_are_counted_across_scopes() -> None:
+    """One scope all kept, then a mixed one: every span of both is counted once."""
+    keep, drop = trace_id_with_randomness(1 << 55), trace_id_with_randomness(0)
+    batch = traces([keep], spans_per_trace=3)
+    second = batch.resource_spans[0].scope_spans.add()
+    for trace_id in (keep, drop, drop):
+        second.spans.add(trace_id=trace_id, span_id=os.urandom(8), name="second scope")
+    sampler = Sampler("sampler/counted", SamplerSettings(rate=0.5), Signal.TRACES, Recorder())
+    assert sampler.sample(batch) == (4, 2)
+    assert [len(ss.spans) for ss in batch.resource_spans[0].scope_spans] == [3, 1]
+    everything = Sampler("s", SamplerSettings(rate=1.0), Signal.TRACES, Recorder())
+    assert everything.sample(traces([drop, keep])) == (2, 0)
+
+
+def test_the_counts_reach_the_metrics() -> None:
+    def counted(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    kept_labels = {"processor": "sampler/metrics"}
+    dropped_labels = {"component": "sampler/metrics", "signal": "traces", "reason": "sampled_out"}
+    before = (counted("otelsidecar_sampler_kept_spans_total", kept_labels),
+              counted("otelsidecar_dropped_items_total", dropped_labels))  # fmt: skip
+    recorder = Recorder()
+    sampler = Sampler("sampler/metrics", SamplerSettings(rate=0.5), Signal.TRACES, recorder)
+    keep, drop = trace_id_with_randomness(1 << 55), trace_id_with_randomness(0)
+    asyncio.run(sampler.consume(traces([keep, drop, drop])))
+    after = (counted("otelsidecar_sampler_kept_spans_total", kept_labels),
+             counted("otelsidecar_dropped_items_total", dropped_labels))  # fmt: skip
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
+    asyncio.run(sampler.consume(traces([drop])))  # nothing left: nothing handed on
+    assert len(recorder.batches) == 1
+
+
+def test_a_kept_span_s_tracestate_keeps_its_vendors_entries() -> None:
+    keep = trace_id_with_randomness(1 << 55)
+    batch = traces([keep])
+    batch.resource_spans[0].scope_spans[0].spans[0].trace_state = "vendor=x"
+    sample(0.5, batch)
+    assert batch.resource_spans[0].scope_spans[0].spans[0].trace_state == "ot=th:8,vendor=x"
+
+
+def test_every_failed_trace_of_a_batch_is_found() -> None:
+    """A trace failed by its status, then one failed by an exception event: both reach the
+    error path."""
+    first, second = trace_id_with_randomness(0), trace_id_with_randomness(1)
+    batch = traces([first, second])
+    spans = batch.resource_spans[0].scope_spans[0].spans
+    spans[0].status.code = Status.STATUS_CODE_ERROR
+    spans[1].events.add(name="exception")
+    sample(0.5, batch)
+    (errors,) = [rs for rs in batch.resource_spans if sampling.is_errors_only(rs)]
+    assert {s.trace_id for s in errors.scope_spans[0].spans} == {first, second}

@@ -1,0 +1,203 @@
+"""The receivers' admission, in process: what the Intake counts and answers, where the memory
+limit's edge lies, what the memory limiter refuses and when it watches (the end-to-end side is
+in test_memory_limiter.py and test_receivers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from collector.component import Refused
+from collector.memory import (
+    ADMISSION,
+    HELD,
+    MIB,
+    PARSED_FACTOR,
+    Admission,
+    TooCostly,
+    resident_bytes,
+)
+from collector.processors.memory_limiter import (
+    WORKING_SET_MIB,
+    MemoryLimiter,
+    MemoryLimiterSettings,
+)
+from collector.receivers.intake import Intake
+from collector.settings import Duration
+from collector.signals import Batch, InvalidBatch, Signal
+from collector.telemetry import REGISTRY
+from tests.test_receivers import trace_request
+
+
+class Taker:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.batches: list[Batch] = []
+
+    async def consume(self, batch: Batch) -> None:
+        if self.error is not None:
+            raise self.error
+        self.batches.append(batch)
+
+
+def refused(transport: str, reason: str) -> float:
+    labels = {"receiver": transport, "signal": "traces", "reason": reason}
+    return REGISTRY.get_sample_value("otelsidecar_receiver_refused_requests_total", labels) or 0.0
+
+
+def accepted(transport: str) -> float:
+    labels = {"receiver": transport, "signal": "traces"}
+    return REGISTRY.get_sample_value("otelsidecar_receiver_accepted_items_total", labels) or 0.0
+
+
+def test_the_intake_counts_what_it_accepts_and_each_refusal_by_reason() -> None:
+    taker = Taker()
+    intake = Intake("test_counts", {Signal.TRACES: taker})
+    reasons = ("invalid", "too_large", "queue_full", "internal")
+    before = {reason: refused("test_counts", reason) for reason in reasons}
+    taken = accepted("test_counts")
+    asyncio.run(intake.accept(Signal.TRACES, trace_request(spans=3)))
+    assert accepted("test_counts") == taken + 3 and len(taker.batches) == 1
+
+    bad_id = trace_request(spans=1)
+    bad_id.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x01"
+    with pytest.raises(InvalidBatch):
+        asyncio.run(intake.accept(Signal.TRACES, bad_id))
+
+    flood = trace_request(spans=1)
+    span = flood.resource_spans[0].scope_spans[0].spans[0]
+    for index in range(5000):
+        span.attributes.add(key=f"k{index}").value.bool_value = True
+    with pytest.raises(TooCostly, match="attributes"):
+        asyncio.run(intake.accept(Signal.TRACES, flood))
+
+    taker.error = Refused("queue_full")
+    with pytest.raises(Refused):
+        asyncio.run(intake.accept(Signal.TRACES, trace_request(spans=1)))
+    taker.error = RuntimeError("a bug")
+    with pytest.raises(RuntimeError):
+        asyncio.run(intake.accept(Signal.TRACES, trace_request(spans=1)))
+    counted = {reason: refused("test_counts", reason) - before[reason] for reason in reasons}
+    assert counted == dict.fromkeys(reasons, 1)
+    assert accepted("test_counts") == taken + 3  # none of the refused
+
+
+def test_admission_refusals_say_why_and_when_to_come_back() -> None:
+    limit = SimpleNamespace(mark=4 * MIB, over=False, retry_after_s=7.0)
+    admission = Admission()
+    admission.register(limit)
+    with HELD.request(4 * MIB):
+        with pytest.raises(Refused) as refusal:
+            admission.check(1000)
+        assert (refusal.value.reason, refusal.value.retry_after_s) == ("memory_limit", 7.0)
+    with pytest.raises(TooCostly, match="request too large for the memory limit"):
+        admission.check(MIB)
+    admission.unregister(limit)
+    admission.check(MIB)  # no limit, no say
+
+
+def test_what_exactly_fills_the_mark_is_let_in() -> None:
+    limit = SimpleNamespace(mark=4 * MIB, over=False, retry_after_s=1.0)
+    admission = Admission()
+    admission.register(limit)
+    with HELD.request(MIB):
+        admission.check(3 * MIB // PARSED_FACTOR)  # held + cost == mark
+        with pytest.raises(Refused):
+            admission.check(3 * MIB // PARSED_FACTOR + 1)
+    admission.check(4 * MIB // PARSED_FACTOR)  # nothing held: a whole mark
+    with pytest.raises(TooCostly):
+        admission.check(4 * MIB // PARSED_FACTOR + 1)
+
+
+def test_a_request_leaves_its_own_bytes_out_of_what_is_held_before_it() -> None:
+    assert HELD.value == 0
+    HELD.hold(1000)
+    try:
+        with HELD.request(300):
+            assert HELD.value == 1300
+            assert HELD.before_request() == 1000
+        assert HELD.before_request() == 1000
+    finally:
+        HELD.release(1000)
+    assert HELD.value == 0
+
+
+def test_the_resident_size_is_the_process_s() -> None:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    reported = int(line.split()[1]) * 1024
+    assert abs(resident_bytes() - reported) < 8 * MIB
+
+
+def limiter(**settings: Any) -> tuple[MemoryLimiter, Taker]:
+    taker = Taker()
+    values = {"limit_mib": 64, "check_interval": Duration(0.01), **settings}
+    processor = MemoryLimiter(
+        "memory_limiter", MemoryLimiterSettings(**values), Signal.TRACES, taker
+    )
+    return processor, taker
+
+
+def test_the_limiter_refuses_while_what_others_hold_is_over_its_mark() -> None:
+    processor, taker = limiter(retry_after=Duration(3))
+    mark = processor.mark
+    assert mark == (64 - 64 // 5) * MIB
+    asyncio.run(processor.consume(trace_request(spans=1)))  # nothing held
+    HELD.hold(mark)
+    try:
+        asyncio.run(processor.consume(trace_request(spans=1)))  # at the mark: still taken
+        HELD.hold(1)
+        with pytest.raises(Refused) as refusal:
+            asyncio.run(processor.consume(trace_request(spans=1)))
+        assert (refusal.value.reason, refusal.value.retry_after_s) == ("memory_limit", 3.0)
+    finally:
+        HELD.release(mark + 1)
+    with HELD.request(2 * mark):  # its own request's bytes are not held against it
+        asyncio.run(processor.consume(trace_request(spans=1)))
+    assert len(taker.batches) == 3
+
+
+def test_the_limiter_refuses_while_resident_memory_is_over_and_something_is_held() -> None:
+    processor, taker = limiter()
+
+    async def scenario() -> None:
+        await processor.start()
+        try:
+            assert processor._resident_mark >= resident_bytes() + WORKING_SET_MIB * MIB
+            processor.over = True
+            await processor.consume(trace_request(spans=1))  # nothing held: let in
+            with HELD.request(1000):
+                HELD.hold(1)
+                try:
+                    with pytest.raises(Refused):
+                        await processor.consume(trace_request(spans=1))
+                finally:
+                    HELD.release(1)
+            await asyncio.sleep(0.05)  # the watch reads the resident size again
+            assert processor.over is False
+        finally:
+            await processor.shutdown()
+
+    asyncio.run(scenario())
+    assert len(taker.batches) == 1
+
+
+def test_the_limiter_takes_part_in_admission_only_while_running() -> None:
+    processor, _ = limiter(limit_mib=8)
+    before = list(ADMISSION._limits)
+
+    async def scenario() -> None:
+        await processor.start()
+        try:
+            assert ADMISSION._limits == [*before, processor]
+            with pytest.raises(TooCostly):
+                ADMISSION.check(8 * MIB)
+        finally:
+            await processor.shutdown()
+
+    asyncio.run(scenario())
+    assert ADMISSION._limits == before
+    ADMISSION.check(8 * MIB)
