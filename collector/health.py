@@ -21,6 +21,7 @@ monitoring guide's backend did. No message ever carries a URL, DSN or header val
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import socket
@@ -308,6 +309,8 @@ async def _probe(probe: CheckSettings, lookup: _Lookup) -> dict[str, str]:
         return _result(UNHEALTHY, f"{what} failed: {error.strerror or type(error).__name__}")
     finally:
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
     if speaks is None:
         return _result(HEALTHY, f"Database port open (no {scheme} protocol check)")
     if not speaks:
@@ -328,8 +331,11 @@ async def _speaks_database(
     if scheme == "mysql":
         # The server speaks first: a packet (3 bytes of length, a sequence number) whose
         # payload starts with the protocol version, 10, or 0xff for an error it reports.
-        header = await reader.read(5)
-        return len(header) == 5 and header[4] in (10, 0xFF)
+        try:
+            header = await reader.readexactly(5)
+        except asyncio.IncompleteReadError:
+            return False
+        return header[4] in (10, 0xFF)
     if scheme == "redis":
         writer.write(b"PING\r\n")
         await writer.drain()

@@ -86,8 +86,11 @@ class Door:
 
 class Tee:
     """Feeds one receiver's batches to several pipelines of a signal, each its own copy
-    (processors change batches in place): into all of them or none, so that a refusal from
-    one cannot make the client send again what another already took."""
+    (processors change batches in place). Every pipeline's exporters are asked for room before
+    any pipeline takes the batch, so that a full queue in one cannot make the client send
+    again what another already took. (A memory_limiter inside a later pipeline can still
+    refuse after an earlier one took it; the receivers' admission, asked first, makes that
+    rare.)"""
 
     def __init__(self, doors: Sequence[Door]) -> None:
         self._doors = list(doors)

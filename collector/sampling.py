@@ -26,7 +26,10 @@ RANDOMNESS_BITS = 56
 SCALE = 1 << RANDOMNESS_BITS
 ERRORS_ONLY = "otel_sidecar.unsampled_errors"
 UNSAMPLED_SESSIONS = "otel_sidecar.unsampled_sessions"  # {"<minute, Unix s>": requests}
-MARKERS = frozenset({ERRORS_ONLY, UNSAMPLED_SESSIONS})
+# On the error path, the rate the trace was dropped at (its spans carry no ot=th: they were not
+# kept, and a threshold would say they were).
+UNSAMPLED_RATE = "otel_sidecar.unsampled_rate"
+MARKERS = frozenset({ERRORS_ONLY, UNSAMPLED_SESSIONS, UNSAMPLED_RATE})
 
 
 def threshold(rate: float) -> int:
@@ -64,6 +67,13 @@ def strip_markers(batch: ExportTraceServiceRequest) -> None:
             attributes.extend(kept)
 
 
+def unsampled_rate(resource_spans: ResourceSpans) -> float | None:
+    for kv in resource_spans.resource.attributes:
+        if kv.key == UNSAMPLED_RATE:
+            return kv.value.double_value
+    return None
+
+
 def is_errors_only(resource_spans: ResourceSpans) -> bool:
     return any(kv.key == ERRORS_ONLY for kv in resource_spans.resource.attributes)
 
@@ -88,8 +98,8 @@ def without_errors_only(batch: ExportTraceServiceRequest) -> ExportTraceServiceR
 # --- the decision, carried in each span's W3C tracestate ------------------------------------
 # OpenTelemetry's consistent probability sampling writes the rejection threshold into the
 # ``ot`` entry (``ot=th:<hex>``: T as 14 hex digits, trailing zeros dropped): kept iff R >= T.
-# A span passed on by the sampler says so itself, so that every exporter, whichever pipeline
-# it came through, reads the rate it was kept at (Sentry's trace header needs it).
+# A span the sampler keeps says so itself, so that every exporter, whichever pipeline it came
+# through, reads the rate it was kept at (Sentry's trace header needs it).
 
 
 # The ``ot`` entry's threshold and randomness: hex numbers, no place for a secret (the scrubber
@@ -117,10 +127,15 @@ def with_threshold(trace_state: str, threshold: int) -> str:
     return ",".join([f"ot={';'.join([f'th:{mine}', *fields])}", *others])
 
 
-@functools.lru_cache(maxsize=256)
 def rate_of(trace_state: str) -> float:
     """The probability a span was kept at, from ``ot=th:`` in its tracestate; 1 when no
     sampler said (nothing sampled it away; the sampler at rate 1 writes nothing)."""
+    # Tracestates repeat: remembered, unless one is longer than W3C allows (a client's).
+    return _rate_of(trace_state) if len(trace_state) <= 512 else _rate_of.__wrapped__(trace_state)
+
+
+@functools.lru_cache(maxsize=256)
+def _rate_of(trace_state: str) -> float:
     for entry in trace_state.split(","):
         entry = entry.strip()
         if entry.startswith("ot="):

@@ -209,14 +209,16 @@ def test_the_threshold_joins_what_the_tracestate_had() -> None:
     assert sampling.with_threshold("ot=th:4", kept) == "ot=th:8"
 
 
-def test_error_spans_of_dropped_traces_carry_the_threshold_too() -> None:
-    """Sentry's trace header says ``sampled: false`` for them from the same rate."""
+def test_error_spans_of_dropped_traces_carry_the_rate_on_their_resource() -> None:
+    """Not a threshold on the spans (they were not kept): the error path's resource says the
+    rate, and Sentry's trace header says ``sampled: false`` from it."""
     dropped = next(t for t in iter(lambda: os.urandom(16), None) if not _kept(t, 0.1))
     batch = traces([dropped])
     batch.resource_spans[0].scope_spans[0].spans[0].status.code = Status.STATUS_CODE_ERROR
     sample(0.1, batch)
     (errors,) = [rs for rs in batch.resource_spans if sampling.is_errors_only(rs)]
-    assert errors.scope_spans[0].spans[0].trace_state == "ot=th:e6666666666666"
+    assert errors.scope_spans[0].spans[0].trace_state == ""
+    assert sampling.unsampled_rate(errors) == 0.1
 
 
 def _kept(trace_id: bytes, rate: float) -> bool:

@@ -4,9 +4,10 @@ The decision needs nothing but the trace id (see :mod:`collector.sampling`), so 
 before any attribute is read. Error spans of dropped traces (an ``exception`` event or status
 ERROR) are not lost: they move to ResourceSpans marked errors-only, which reach only the
 exporters with an error path, and so does the count of the dropped traces' other requests (for
-release health). Every span it passes on (kept, or on the error path) carries its threshold in
-its tracestate (``ot=th:…``, :func:`collector.sampling.with_threshold`), so that exporters
-read the rate each span was kept at. Counted: kept and dropped spans.
+release health). Every span it keeps carries its threshold in its tracestate (``ot=th:…``,
+:func:`collector.sampling.with_threshold`), so that exporters read the rate each span was
+kept at; the error path's resource says the rate its traces were dropped at. Counted: kept
+and dropped spans.
 """
 
 from __future__ import annotations
@@ -80,8 +81,7 @@ class Sampler:
                 failed_traces = _error_traces(lost)
                 if failed_traces:
                     failed = [s for s in lost if s.trace_id in failed_traces]
-                    self._mark_threshold(failed)
-                    errors.append(_errors_only(resource_spans, scope_spans, failed))
+                    errors.append(_errors_only(resource_spans, scope_spans, failed, self.rate))
                 requests = _healthy_requests(lost, failed_traces)
                 if requests:
                     errors.append(_unsampled_sessions(resource_spans, requests))
@@ -159,11 +159,12 @@ def _delete_dropped(spans: RepeatedCompositeFieldContainer[Span], keeps: list[bo
 
 
 def _errors_only(
-    resource_spans: ResourceSpans, scope_spans: ScopeSpans, spans: list[Span]
+    resource_spans: ResourceSpans, scope_spans: ScopeSpans, spans: list[Span], rate: float
 ) -> ResourceSpans:
     marked = ResourceSpans(schema_url=resource_spans.schema_url)
     marked.resource.CopyFrom(resource_spans.resource)
     marked.resource.attributes.add(key=sampling.ERRORS_ONLY).value.bool_value = True
+    marked.resource.attributes.add(key=sampling.UNSAMPLED_RATE).value.double_value = rate
     scope = marked.scope_spans.add(schema_url=scope_spans.schema_url)
     scope.scope.CopyFrom(scope_spans.scope)
     scope.spans.extend(spans)

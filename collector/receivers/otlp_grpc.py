@@ -100,6 +100,8 @@ class OtlpGrpcServer:
                 intake.refused(signal, "timeout")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "request message too slow")
             if request is grpc.aio.EOF:
+                if context.done():  # cancelled, or too large: grpc has answered already
+                    raise asyncio.CancelledError
                 intake.refused(signal, "invalid")
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
             return request

@@ -17,7 +17,13 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from collector.attributes import plain
-from collector.sampling import MARKERS, UNSAMPLED_SESSIONS, is_errors_only, rate_of
+from collector.sampling import (
+    MARKERS,
+    UNSAMPLED_SESSIONS,
+    is_errors_only,
+    rate_of,
+    unsampled_rate,
+)
 
 SERVER, CLIENT, CONSUMER = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_CONSUMER
 # Span.flags bits 8 and 9: "the parent's is_remote is known" and "the parent is remote".
@@ -102,11 +108,15 @@ class LogRecord:
 def spans_of(batch: ExportTraceServiceRequest) -> Iterable[SpanRecord]:
     for resource_spans in batch.resource_spans:
         sampled = not is_errors_only(resource_spans)
+        dropped_at = None if sampled else unsampled_rate(resource_spans)
         resource = _resource(resource_spans)
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope.name
             for span in scope_spans.spans:
-                yield _span_record(span, resource, scope, sampled)
+                record = _span_record(span, resource, scope, sampled)
+                if dropped_at is not None:
+                    record.sample_rate = dropped_at
+                yield record
 
 
 def unsampled_sessions_of(

@@ -146,9 +146,9 @@ class SentryTransport:
         body = gzip_compress(outgoing.serialize(reports))
         try:
             status = await send_with_retry(lambda: self._send(body), self._retry)
-        except Permanent:
+        except Permanent as answer:
             self._drop(outgoing, "send_error")
-            log.warning("sentry_rejected", exporter=self.name, status=self.last_error)
+            log.warning("sentry_rejected", exporter=self.name, status=str(answer))
             return
         except Retryable:
             self._drop(outgoing, "network_error")
