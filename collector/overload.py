@@ -16,10 +16,6 @@ reading or parsing them, which costs microseconds:
   handler that runs long without awaiting). More than :data:`MAX_LAG_S` is refused (reason
   ``loop_lag``). Measured at the moment of asking, never a stale figure: a loop that was
   blocked once and has caught up takes requests at once.
-
-An HTTP request counts in flight from when its body has been read (a client sending slowly
-holds a connection, not a place); a gRPC call from before its message is read, as its handler
-runs first.
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from contextvars import ContextVar
 
 from prometheus_client import Gauge
 
@@ -46,8 +41,6 @@ _LAG = Gauge(
     "How late the event loop last ran a timer: the wait before a new request is handled.",
     registry=REGISTRY,
 )
-# Whether the current task's request is counted in flight already (its checks leave it out).
-_COUNTED: ContextVar[bool] = ContextVar("counted_in_flight", default=False)
 _IN_FLIGHT = Gauge(
     "otelsidecar_requests_in_flight",
     "Requests the receivers are reading or handling.",
@@ -74,17 +67,13 @@ class Overload:
             return  # not watching (a test's in-process pipeline)
         if self.lag_s() > MAX_LAG_S:
             raise Refused("loop_lag", RETRY_AFTER_S)
-        others = self.in_flight - _COUNTED.get()
-        if others >= max(MIN_IN_FLIGHT, MAX_WAIT_S * self.rate):
+        if self.in_flight >= max(MIN_IN_FLIGHT, MAX_WAIT_S * self.rate):
             raise Refused("overloaded", RETRY_AFTER_S)
 
     @contextlib.contextmanager
     def in_flight_while(self) -> Iterator[None]:
-        """Counts the current task's request in flight meanwhile; once, however nested."""
-        if _COUNTED.get():
-            yield
-            return
-        token = _COUNTED.set(True)
+        """Counts a request in flight while the pipelines take it (its body or message already
+        read: a client sending slowly holds a connection, not a place)."""
         self.in_flight += 1
         _IN_FLIGHT.set(self.in_flight)
         try:
@@ -93,7 +82,6 @@ class Overload:
             self.in_flight -= 1
             self._finished += 1
             _IN_FLIGHT.set(self.in_flight)
-            _COUNTED.reset(token)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import Callable
 
@@ -19,17 +18,14 @@ def block_the_loop(seconds: float) -> None:
 
 
 def requests_in_flight(overload: Overload, count: int) -> Callable[[], None]:
-    """``count`` requests, each in its own task's context, counted in flight until the
-    returned function ends them."""
-    held = []
-    for _ in range(count):
-        context, request = contextvars.Context(), overload.in_flight_while()
-        context.run(request.__enter__)
-        held.append((context, request))
+    """``count`` requests counted in flight until the returned function ends them."""
+    held = [overload.in_flight_while() for _ in range(count)]
+    for request in held:
+        request.__enter__()
 
     def end() -> None:
-        for context, request in held:
-            context.run(request.__exit__, None, None, None)
+        for request in held:
+            request.__exit__(None, None, None)
 
     return end
 
@@ -88,27 +84,6 @@ def test_the_rate_follows_what_is_answered() -> None:
                     pass
             await asyncio.sleep(INTERVAL_S)
         assert 100 < overload.rate < 500
-        await overload.stop()
-
-    asyncio.run(scenario())
-
-
-def test_a_request_is_counted_once_and_not_refused_by_itself() -> None:
-    """A gRPC call is counted from before its message is read; the intake's count inside it
-    and its own checks leave it out."""
-
-    async def scenario() -> None:
-        overload = Overload()
-        overload.start()
-        end = requests_in_flight(overload, MIN_IN_FLIGHT - 1)
-        with overload.in_flight_while():
-            assert overload.in_flight == MIN_IN_FLIGHT
-            overload.check()  # 31 others: this one is let on
-            with overload.in_flight_while():  # counted already
-                assert overload.in_flight == MIN_IN_FLIGHT
-                overload.check()
-        end()
-        assert overload.in_flight == 0
         await overload.stop()
 
     asyncio.run(scenario())

@@ -262,9 +262,9 @@ class TestGrpc:
         assert_still_serving(shared_sidecar)
 
     def test_a_message_that_never_comes_is_unavailable(self, shared_sidecar: Sidecar) -> None:
-        """The call is taken before its message is read, holding a place in flight and the
-        memory the message may cost: a message that does not arrive within 2 s + 1 s per MiB
-        of the largest allowed (1 MiB here) is not waited for."""
+        """The call is taken before its message is read, holding the memory the message may
+        cost: a message that does not arrive within 2 s + 1 s per MiB of the largest allowed
+        (1 MiB here) is not waited for."""
         ended = threading.Event()
 
         def never() -> Iterator[bytes]:

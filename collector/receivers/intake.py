@@ -79,18 +79,14 @@ class Intake:
                 raise
             yield
 
-    @contextmanager
-    def handling(self, signal: Signal) -> Iterator[None]:
-        """Around a request whose size is not known before it is read (gRPC): refused at once
-        (counted) while the sidecar could not answer it in time, else counted in flight from
-        here, its read included (:mod:`collector.overload`)."""
+    def check_overload(self, signal: Signal) -> None:
+        """Refuses (counted) a request the sidecar could not answer in time
+        (:mod:`collector.overload`), before anything of it is read."""
         try:
             OVERLOAD.check()
         except Refused as error:
             self.refused(signal, error.reason)
             raise
-        with OVERLOAD.in_flight_while():
-            yield
 
     def check_admission(self, signal: Signal, size: int) -> None:
         """:meth:`admission`'s verdict without holding anything, before a body is read."""
@@ -113,7 +109,7 @@ class Intake:
             raise TooCostly(str(error)) from None
         if isinstance(batch, ExportTraceServiceRequest):
             strip_markers(batch)
-        try:  # counted in flight from here (an HTTP body is read: a slow client holds no place)
+        try:
             with OVERLOAD.in_flight_while():
                 await self._consumers[signal].consume(batch)
         except Exception as error:

@@ -78,13 +78,13 @@ class OtlpGrpcServer:
 
         async def export(requests: object, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                with intake.handling(signal):
-                    # Held while read: what the biggest message would cost parsed, so
-                    # that no more is read at once than could then be let in.
-                    with intake.reading(signal, ADMISSION.cost(limit)):
-                        request = await read(context)
-                    with intake.admission(signal, len(request)):
-                        return await parse_and_accept(request, context)
+                intake.check_overload(signal)
+                # Held while read: what the biggest message would cost parsed, so that no
+                # more is read at once than could then be let in.
+                with intake.reading(signal, ADMISSION.cost(limit)):
+                    request = await read(context)
+                with intake.admission(signal, len(request)):
+                    return await parse_and_accept(request, context)
             except TooCostly as error:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except Refused as refusal:
@@ -96,7 +96,7 @@ class OtlpGrpcServer:
         async def read(context: grpc.aio.ServicerContext) -> bytes:
             try:
                 request = await asyncio.wait_for(context.read(), body_timeout(limit))
-            except TimeoutError:  # a message trickling in holds a place in flight
+            except TimeoutError:  # a message trickling in holds what its read may cost
                 intake.refused(signal, "timeout")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "request message too slow")
             if request is grpc.aio.EOF:
