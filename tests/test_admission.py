@@ -201,3 +201,31 @@ def test_the_limiter_takes_part_in_admission_only_while_running() -> None:
     asyncio.run(scenario())
     assert ADMISSION._limits == before
     ADMISSION.check(8 * MIB)
+
+
+def test_the_limiter_watches_the_resident_size_until_shut_down() -> None:
+    processor, _ = limiter()
+
+    async def scenario() -> None:
+        await processor.start()
+        expected = resident_bytes() + WORKING_SET_MIB * MIB + processor.mark
+        assert abs(processor._resident_mark - expected) < 8 * MIB
+        processor._resident_mark = 0  # as if the process had grown past it
+        for _ in range(100):
+            if processor.over:
+                break
+            await asyncio.sleep(0.01)
+        assert processor.over is True
+        await processor.shutdown()
+        assert processor._watch is None
+        processor.over = False
+        await asyncio.sleep(0.05)
+        assert processor.over is False  # no watch left to set it
+
+    asyncio.run(scenario())
+
+
+def test_a_spike_limit_of_zero_is_allowed() -> None:
+    settings = MemoryLimiterSettings(limit_mib=64, spike_limit_mib=0)
+    settings.check("processors.memory_limiter")
+    assert settings.refuse_above_bytes == 64 * MIB

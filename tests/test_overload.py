@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from collector.component import Refused
-from collector.overload import INTERVAL_S, MAX_LAG_S, MIN_IN_FLIGHT, Overload
+from collector.overload import INTERVAL_S, MAX_LAG_S, MIN_IN_FLIGHT, RETRY_AFTER_S, Overload
 
 
 def block_the_loop(seconds: float) -> None:
@@ -85,5 +85,28 @@ def test_the_rate_follows_what_is_answered() -> None:
             await asyncio.sleep(INTERVAL_S)
         assert 100 < overload.rate < 500
         await overload.stop()
+
+    asyncio.run(scenario())
+
+
+def test_refusals_ask_to_come_back_in_a_second_and_a_stopped_watch_is_gone() -> None:
+    async def scenario() -> None:
+        overload = Overload()
+        overload.start()
+        await asyncio.sleep(0)
+        assert overload.lag_s() < MAX_LAG_S
+        end = requests_in_flight(overload, MIN_IN_FLIGHT)
+        with pytest.raises(Refused) as refused:
+            overload.check()
+        assert refused.value.retry_after_s == RETRY_AFTER_S
+        end()
+        block_the_loop(MAX_LAG_S + 0.1)
+        with pytest.raises(Refused) as refused:
+            overload.check()
+        assert refused.value.retry_after_s == RETRY_AFTER_S
+        task = overload._task
+        await overload.stop()
+        assert task is not None and task.cancelled() and overload._task is None
+        assert overload.lag_s() == 0.0
 
     asyncio.run(scenario())
