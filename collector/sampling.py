@@ -131,11 +131,10 @@ def rate_of(trace_state: str) -> float:
     """The probability a span was kept at, from ``ot=th:`` in its tracestate; 1 when no
     sampler said (nothing sampled it away; the sampler at rate 1 writes nothing)."""
     # Tracestates repeat: remembered, unless one is longer than W3C allows (a client's).
-    return _rate_of(trace_state) if len(trace_state) <= 512 else _rate_of.__wrapped__(trace_state)
+    return _remembered_rate(trace_state) if len(trace_state) <= 512 else _rate(trace_state)
 
 
-@functools.lru_cache(maxsize=256)
-def _rate_of(trace_state: str) -> float:
+def _rate(trace_state: str) -> float:
     for entry in trace_state.split(","):
         entry = entry.strip()
         if entry.startswith("ot="):
@@ -145,6 +144,9 @@ def _rate_of(trace_state: str) -> float:
             # 15 significant digits: the configured rate again (0.01, not 0.010000000000000009)
             return float(f"{(SCALE - threshold) / SCALE:.15g}")
     return 1.0
+
+
+_remembered_rate = functools.lru_cache(maxsize=256)(_rate)
 
 
 def _threshold_of(ot: str) -> int | None:

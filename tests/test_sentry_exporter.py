@@ -153,17 +153,11 @@ def load_item(message: str) -> None:
     raise LookupError(message)
 
 
-def trace_id_kept_at(rate: float) -> int:
+def trace_id_at(rate: float, kept: bool) -> int:
+    """A random trace id that the sampler at ``rate`` keeps (or drops)."""
     while True:
         trace_id = os.urandom(16)
-        if sampling.randomness(trace_id) >= sampling.threshold(rate):
-            return int.from_bytes(trace_id, "big")
-
-
-def trace_id_dropped_at(rate: float) -> int:
-    while True:
-        trace_id = os.urandom(16)
-        if sampling.randomness(trace_id) < sampling.threshold(rate):
+        if (sampling.randomness(trace_id) >= sampling.threshold(rate)) == kept:
             return int.from_bytes(trace_id, "big")
 
 
@@ -256,7 +250,7 @@ def test_errors_of_unsampled_traces_still_arrive(sink: SentrySink, tmp_path: Pat
     """At rate 0.01 a dropped trace gives no transaction, but its error event arrives."""
     with sidecar_for(sink, tmp_path, rate=0.01) as sidecar:
         app = App(sidecar)
-        app.request(fail="dropped but reported", trace_id=trace_id_dropped_at(0.01))
+        app.request(fail="dropped but reported", trace_id=trace_id_at(0.01, kept=False))
         app.close()
         sink.wait_for(lambda: sink.events("event"))
         assert sidecar.stop() == 0
@@ -295,7 +289,7 @@ def test_each_pipeline_s_rate_reaches_the_trace_header(sink: SentrySink, tmp_pat
     """One Sentry exporter fed by two traces pipelines, one sampling at 0.5: each transaction's
     trace header carries the rate its own pipeline kept it at (the sampler writes it into the
     spans' tracestate, ``ot=th:8``)."""
-    kept = trace_id_kept_at(0.5)
+    kept = trace_id_at(0.5, kept=True)
     with Sidecar(tmp_path, TWO_RATES.replace("DSN", sink.dsn)) as sidecar:
         for transport in ("otlp_grpc", "otlp/sampled_grpc"):
             app = App(sidecar, transport)
