@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from throughput import SPANS_PER_REQUEST, build_request
 
 from collector.processors.sampler import Sampler, SamplerSettings
-from collector.processors.scrubber import Rules, ScrubberSettings
+from collector.processors.scrubber import ScrubberSettings
 from collector.processors.slow_spans import SlowSpans, SlowSpansSettings
 from collector.signals import Signal
 from exporters.sentry import SentryExporter, SentrySettings, envelope
@@ -42,7 +42,7 @@ Step = Callable[[ExportTraceServiceRequest], object]
 def steps() -> dict[str, Step]:
     slow = SlowSpans("slow_spans", SlowSpansSettings(), Signal.TRACES, None)  # type: ignore[arg-type]
     sampler = Sampler("sampler", SamplerSettings(rate=0.1), Signal.TRACES, None)  # type: ignore[arg-type]
-    rules = Rules.from_settings(ScrubberSettings())
+    rules = ScrubberSettings().rules()
 
     def pipeline(batch: ExportTraceServiceRequest) -> None:
         slow.mark(batch)

@@ -207,10 +207,10 @@ async def _serve_until_stopped(
 
 
 async def _start(config: config_module.Config) -> Service | None:
-    service = Service(config)
     try:
+        service = Service(config)  # ConfigError: a plugin exporter that is not one
         await service.start()
-    except OSError as error:
+    except (OSError, ConfigError) as error:
         log.error("start_failed", error=str(error))
         return None
     log.info(

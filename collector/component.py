@@ -10,7 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from prometheus_client import Counter
+
 from collector.signals import Batch, Signal
+from collector.telemetry import DROPPED
 
 BOTH = frozenset(Signal)
 TRACES = frozenset({Signal.TRACES})
@@ -43,6 +46,47 @@ class Component(Protocol):
 
     async def shutdown(self) -> None:
         """Hand on or flush what is held, release resources. Called upstream first; idempotent."""
+
+
+@runtime_checkable
+class Exporter(Component, Consumer, Protocol):
+    # Whether it takes the error spans of traces the sampler dropped (the ResourceSpans
+    # marked errors-only, :mod:`collector.sampling`); the others never see them.
+    accepts_unsampled_errors: bool
+
+    def admit(self) -> None:
+        """Raise :class:`Refused` when it has no room for another batch (a full queue)."""
+
+    def status(self) -> tuple[str, str]:
+        """(state, message) for the health JSON: ``healthy``, ``degraded``..., never a secret."""
+
+
+@runtime_checkable
+class Readiness(Protocol):
+    """An extension that reports whether the sidecar takes traffic (the health probes)."""
+
+    ready: bool
+
+
+class Processor:
+    """What most processors share: a name, the signal, the next consumer, nothing to acquire
+    or flush, and drops counted by reason on ``otelsidecar_dropped_items``. A processor that
+    holds data between batches overrides :meth:`start` and :meth:`shutdown`."""
+
+    def __init__(self, name: str, signal: Signal, next: Consumer) -> None:
+        self.name = name
+        self.signal = signal
+        self._next = next
+
+    async def start(self) -> None:
+        """Nothing to acquire."""
+
+    async def shutdown(self) -> None:
+        """Nothing held between batches."""
+
+    def drops(self, reason: str) -> Counter:
+        """The counter of items this processor drops for ``reason`` (a Prometheus child)."""
+        return DROPPED.labels(self.name, self.signal.value, reason)
 
 
 @runtime_checkable

@@ -15,9 +15,10 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector import components
-from collector.component import Consumer, Refused, SeesPipeline
+from collector.component import Consumer, Exporter, Readiness, Refused, SeesPipeline
 from collector.config import Config
 from collector.sampling import without_errors_only
+from collector.settings import ConfigError
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, log
 
@@ -29,9 +30,9 @@ class FanOut:
     ``accepts_unsampled_errors``; the others get the batch without them.
     """
 
-    def __init__(self, exporters: Sequence[Any]) -> None:
+    def __init__(self, exporters: Sequence[Exporter]) -> None:
         self._exporters = list(exporters)
-        self._error_paths = [getattr(e, "accepts_unsampled_errors", False) for e in exporters]
+        self._error_paths = [e.accepts_unsampled_errors for e in exporters]
 
     async def consume(self, batch: Batch) -> None:
         sampled: Batch | None = batch
@@ -47,7 +48,7 @@ class FanOut:
         if refusals:
             raise refusals[0]  # after every other exporter had the batch
 
-    async def _deliver(self, exporter: Any, batch: Batch) -> None:
+    async def _deliver(self, exporter: Exporter, batch: Batch) -> None:
         try:
             await exporter.consume(batch)
         except Refused:
@@ -67,7 +68,7 @@ class Door:
     point nothing is refused for want of queue room, so a batch that a processor (``batch``)
     holds after its request was answered cannot be refused later and lost."""
 
-    def __init__(self, head: Consumer, exporters: Sequence[Any]) -> None:
+    def __init__(self, head: Consumer, exporters: Sequence[Exporter]) -> None:
         self._head = head
         self._exporters = list(exporters)
 
@@ -115,7 +116,7 @@ class Service:
             for role in ("receivers", "exporters")
         }
         self.exporters = {
-            eid: _make("exporters", eid, config.exporters[eid]) for eid in sorted(used["exporters"])
+            eid: _exporter(eid, config.exporters[eid]) for eid in sorted(used["exporters"])
         }
         self.processors: list[Any] = []  # in pipeline order, upstream first within each
         heads: dict[str, tuple[Signal, Door]] = {}
@@ -190,7 +191,7 @@ class Service:
 
     def _set_ready(self, ready: bool) -> None:
         for extension in self.extensions.values():
-            if hasattr(extension, "ready"):
+            if isinstance(extension, Readiness):
                 extension.ready = ready
 
     async def shutdown(self, grace_s: float) -> None:
@@ -215,6 +216,16 @@ class Service:
 def _make(section: str, component_id: str, settings: Any, *wiring: Any) -> Any:
     kind = components.sections()[section][components.type_of(component_id)]
     return kind.factory(component_id, settings, *wiring)
+
+
+def _exporter(component_id: str, settings: Any) -> Exporter:
+    exporter = _make("exporters", component_id, settings)
+    if not isinstance(exporter, Exporter):  # a third party's, missing a member
+        raise ConfigError(
+            f"exporters.{component_id}: {type(exporter).__name__} is not an exporter (it needs "
+            "name, start, shutdown, consume, admit, status, accepts_unsampled_errors)"
+        )
+    return exporter
 
 
 async def _within(shutdown: Any, deadline: float, component: Any) -> None:

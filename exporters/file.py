@@ -33,6 +33,8 @@ class FileSettings:
 
 
 class FileExporter:
+    accepts_unsampled_errors = False  # errors of dropped traces go to error trackers only
+
     def __init__(self, name: str, settings: FileSettings) -> None:
         self.name = name
         self.path = Path(settings.path)

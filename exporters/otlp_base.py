@@ -42,6 +42,8 @@ PAYLOAD = Codec(_encode, _decode)  # on disk: "traces 512\n" then the batch as s
 
 
 class OtlpSender:
+    accepts_unsampled_errors = False  # errors of dropped traces go to error trackers only
+
     def __init__(self, name: str, where: str, queue: QueueSettings, retry: RetrySettings) -> None:
         self.name = name
         self.where = where  # scheme, host and port: never a credential

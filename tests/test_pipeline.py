@@ -420,24 +420,6 @@ def test_a_shutdown_past_the_grace_period_is_cancelled_and_the_rest_still_stop(
     assert not listening(sidecar.extensions["health"].address)
 
 
-class ThirdParty:
-    """An exporter that says nothing about unsampled errors (a plugin's, say)."""
-
-    name = "third_party"
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    async def consume(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-
-def test_an_exporter_that_does_not_declare_an_error_path_gets_none() -> None:
-    exporter = ThirdParty()
-    asyncio.run(FanOut([exporter]).consume(errors_only(trace_request(spans=1))))
-    assert exporter.batches == []
-
-
 def test_logs_reach_every_exporter() -> None:
     plain, errors = FakeExporter("file"), FakeExporter("sentry")
     errors.accepts_unsampled_errors = True

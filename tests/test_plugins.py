@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from collector import components
 from collector.component import Kind
 from tests.sidecar import Sidecar
@@ -33,6 +35,8 @@ class Settings:
 
 
 class SpanNames:
+    accepts_unsampled_errors = False
+
     def __init__(self, name, settings):
         self.name = name
         self.path = settings.path
@@ -184,3 +188,15 @@ def test_no_import_circle() -> None:
 
     circles = [" -> ".join(c) for name in sorted(graph) if (c := circle_from(name))]
     assert not circles, circles
+
+
+def test_an_exporter_missing_a_member_is_refused_at_start(tmp_path: Path) -> None:
+    env = install_plugin(tmp_path / "site")
+    module = tmp_path / "site" / "span_names_exporter.py"
+    module.write_text(module.read_text().replace("    def admit(self):\n        pass\n", ""))
+    sidecar = Sidecar(tmp_path, CONFIG.replace("NAMES", str(tmp_path / "names.txt")), env)
+    with pytest.raises(RuntimeError):
+        sidecar.start()
+    assert sidecar.process is not None and sidecar.process.wait(15) == 1
+    (failed,) = sidecar.named("start_failed")
+    assert failed["error"].startswith("exporters.span_names: SpanNames is not an exporter")

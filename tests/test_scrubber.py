@@ -20,15 +20,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector import otlp_json, sampling
-from collector.processors.scrubber import (
-    FILTERED,
-    RULE_NAMES,
-    Rules,
-    Scrubber,
-    ScrubberSettings,
-    scrub_batch,
-    scrub_text,
-)
+from collector.processors.scrubber import Scrubber, ScrubberSettings
+from collector.scrubbing import FILTERED, RULE_NAMES, Rules, scrub_batch, scrub_text
 from collector.settings import ConfigError, build
 from collector.signals import Batch, Signal
 from collector.telemetry import REGISTRY
@@ -653,7 +646,7 @@ PATH = "processors.scrubber"
 def rules_from(**raw: Any) -> Rules:
     settings_ = build(ScrubberSettings, raw, PATH)
     settings_.check(PATH)
-    return Rules.from_settings(settings_, PATH)
+    return settings_.rules(PATH)
 
 
 def test_drop_keys() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from exporters.sentry import chain, mapping
+from exporters.sentry import chain, errors, mapping
 from exporters.sentry.records import SERVER, Event, LogRecord
 from tests.test_sentry_mapping import span
 
@@ -89,11 +89,11 @@ def exception_event(**attributes: Any) -> Event:
 def test_the_error_uses_the_chain_else_the_text() -> None:
     server = span(SERVER, http__request__method="GET")
     chained = exception_event(**{"otel_sidecar.exception.chain": json.dumps(CHAIN)})
-    event = mapping.error_from_span_event(server, chained, None, [], mapping.Defaults("", "", "1"))
+    event = errors.error_from_span_event(server, chained, None, [], mapping.Defaults("", "", "1"))
     assert event["exception"]["values"][-1]["type"] == "LookupFailed"
     text = "Traceback (most recent call last):\n  File \"/a/b.py\", line 3, in f\nKeyError: 'k'\n"
     plain = exception_event(**{"exception.stacktrace": text, "otel_sidecar.exception.chain": "["})
-    event = mapping.error_from_span_event(server, plain, None, [], mapping.Defaults("", "", "1"))
+    event = errors.error_from_span_event(server, plain, None, [], mapping.Defaults("", "", "1"))
     (value,) = event["exception"]["values"]
     assert value["stacktrace"]["frames"][0]["filename"] == "/a/b.py"
 
@@ -101,7 +101,7 @@ def test_the_error_uses_the_chain_else_the_text() -> None:
 def test_variables_are_filtered_as_sentry_would() -> None:
     frame = {**FRAME, "vars": {"config": "{'auth': 'basic'}", "n": "1"}}
     attributes = {"otel_sidecar.exception.chain": json.dumps([{"type": "E", "frames": [frame]}])}
-    event = mapping.error_from_span_event(
+    event = errors.error_from_span_event(
         span(SERVER), exception_event(**attributes), None, [], mapping.Defaults("", "", "1")
     )
     assert event["exception"]["values"][0]["stacktrace"]["frames"][0]["vars"] == {
@@ -124,7 +124,7 @@ def test_variables_are_filtered_as_sentry_would() -> None:
 )
 def test_handled_unless_it_escaped(escaped: Any, status: int, handled: bool | None) -> None:
     attributes = {} if escaped is None else {"exception.escaped": escaped}
-    event = mapping.error_from_span_event(
+    event = errors.error_from_span_event(
         span(SERVER, status=status), exception_event(**attributes), None, [],
         mapping.Defaults("", "", "1"),
     )  # fmt: skip
@@ -138,5 +138,5 @@ def test_an_exception_log_is_handled_unless_it_escaped(escaped: Any, handled: bo
     if escaped is not None:
         attributes["exception.escaped"] = escaped
     record = LogRecord(None, None, 1, 17, "ERROR", "boom", attributes, {}, "threading")
-    event = mapping.error_from_log(record, None, None, [], mapping.Defaults("", "", "0.1"))
+    event = errors.error_from_log(record, None, None, [], mapping.Defaults("", "", "0.1"))
     assert event["exception"]["values"][-1]["mechanism"]["handled"] is handled

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from exporters.sentry import mapping
+from exporters.sentry import errors, filtering, logs, mapping
 from exporters.sentry.records import CLIENT, CONSUMER, SERVER, Event, LogRecord, SpanRecord
 
 INTERNAL = 1
@@ -135,7 +135,7 @@ def test_transaction_name_as_sentry_sdks_fastapi_integration_names_it() -> None:
 )
 def test_log_level_from_severity(number: int, text: str, level: str) -> None:
     record = LogRecord(None, None, 0, number, text, "m", {}, {}, "s")
-    assert mapping.log_level(record) == level
+    assert logs.log_level(record) == level
 
 
 def test_structured_log_body_keys_become_attributes() -> None:
@@ -150,7 +150,7 @@ def test_structured_log_body_keys_become_attributes() -> None:
         {"service.name": "api"},
         "app.api",
     )
-    item = mapping.log_item(record, mapping.Defaults("prod", "1.0", "0.1.0"))
+    item = logs.log_item(record, mapping.Defaults("prod", "1.0", "0.1.0"))
     assert item["body"] == "code_execution_completed"
     assert item["attributes"]["user_id"] == {"value": 7, "type": "integer"}
     assert item["attributes"]["success"] == {"value": True, "type": "boolean"}
@@ -174,7 +174,7 @@ def test_request_header_names_as_http_writes_them() -> None:
 def test_an_exception_log_item_leaves_the_frames_to_its_error_event() -> None:
     attributes = {"exception.type": "E", "otel_sidecar.exception.chain": "[]", "n": 1}
     record = LogRecord(None, None, 1, 17, "ERROR", "failed", attributes, {}, "app")
-    item = mapping.log_item(record, mapping.Defaults("", "", "1"))
+    item = logs.log_item(record, mapping.Defaults("", "", "1"))
     assert "otel_sidecar.exception.chain" not in item["attributes"]
     assert item["attributes"]["exception.type"] == {"value": "E", "type": "string"}
 
@@ -217,7 +217,7 @@ def test_an_apps_own_context_named_runtime_is_kept() -> None:
 
 def test_error_events_have_no_fingerprint_so_sentry_groups_on_frames() -> None:
     failing = span(SERVER, http__request__method="GET")
-    event = mapping.error_from_span_event(
+    event = errors.error_from_span_event(
         failing, Event("exception", 1, {"exception.type": "E"}), failing, [],
         mapping.Defaults("", "", "0.1"),
     )  # fmt: skip
@@ -238,7 +238,7 @@ def test_error_events_have_no_fingerprint_so_sentry_groups_on_frames() -> None:
     ],
 )  # fmt: skip
 def test_a_url_is_filtered_one_query_value_at_a_time(value: str, safe: Any) -> None:
-    assert mapping.sentry_safe({"url.full": value}) == {"url.full": safe}
+    assert filtering.sentry_safe({"url.full": value}) == {"url.full": safe}
 
 
 def test_request_query_string_leaves_as_pairs_with_credentials_filtered() -> None:
@@ -252,14 +252,14 @@ def test_log_breadcrumbs_carry_the_apps_keys_as_data() -> None:
     body = {"event": "quota_low", "remaining": 3}
     attributes = {"user_id": 7, "code.function.name": "f", "thread.id": 1}
     record = LogRecord("a" * 32, "b" * 16, 5, 13, "warning", body, attributes, {}, "app")
-    (crumb,) = mapping.breadcrumbs([], [record], before_ns=10)
+    (crumb,) = errors.breadcrumbs([], [record], before_ns=10)
     assert crumb["message"] == "quota_low" and crumb["level"] == "warning"
     assert crumb["data"] == {"remaining": 3, "user_id": 7}
 
 
 def test_log_items_carry_what_sentry_sdk_gives_its_own() -> None:
     record = LogRecord(None, None, 1, 13, "WARNING", "low", {"thread.name": "T"}, RESOURCE, "a")
-    attributes = mapping.log_item(record, mapping.Defaults("", "", "0.1"))["attributes"]
+    attributes = logs.log_item(record, mapping.Defaults("", "", "0.1"))["attributes"]
     values = {key: attribute["value"] for key, attribute in attributes.items()}
     assert values["sentry.severity_text"] == "warn"  # lower-case, as sentry-sdk's
     assert values["server.address"] == "api-7d9f-x2"

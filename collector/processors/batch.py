@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from collector.component import Consumer, Kind, Refused
+from collector.component import Consumer, Kind, Processor, Refused
 from collector.memory import HELD
 from collector.settings import Duration, setting
 from collector.signals import Batch, Signal, item_count
-from collector.telemetry import DROPPED
 
 
 @dataclass(frozen=True)
@@ -25,20 +24,15 @@ class BatchSettings:
     send_batch_size: int = setting(512, minimum=1, maximum=100_000)
 
 
-class BatchProcessor:
+class BatchProcessor(Processor):
     def __init__(self, name: str, settings: BatchSettings, signal: Signal, next: Consumer) -> None:
-        self.name = name
+        super().__init__(name, signal, next)
         self._settings = settings
-        self._signal = signal
-        self._next = next
         self._pending: Batch | None = None
         self._pending_items = 0
         self._pending_bytes = 0  # held in collector.memory until sent
         self._timer: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        pass
 
     async def consume(self, batch: Batch) -> None:
         count = item_count(batch)
@@ -46,7 +40,7 @@ class BatchProcessor:
             await self._next.consume(batch)
             return
         if self._pending is None:
-            self._pending = self._signal.request_type()
+            self._pending = self.signal.request_type()
             self._timer = asyncio.get_running_loop().call_later(
                 self._settings.timeout, self._send_on_timeout
             )
@@ -60,7 +54,7 @@ class BatchProcessor:
             try:
                 await self._send()
             except Refused as refusal:  # this request is refused and sent again; not those
-                DROPPED.labels(self.name, self._signal.value, refusal.reason).inc(answered)
+                self.drops(refusal.reason).inc(answered)
                 raise
 
     async def shutdown(self) -> None:
@@ -95,7 +89,7 @@ class BatchProcessor:
         try:
             await self._send()
         except Refused as refusal:
-            DROPPED.labels(self.name, self._signal.value, refusal.reason).inc(items)
+            self.drops(refusal.reason).inc(items)
 
 
 KIND = Kind(BatchSettings, BatchProcessor)  # registered as an entry point (pyproject.toml)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from collector.component import Consumer, Kind, Refused
+from collector.component import Consumer, Kind, Processor, Refused
 from collector.memory import ADMISSION, HELD, MIB, give_back, resident_bytes
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal
@@ -49,15 +49,14 @@ class MemoryLimiterSettings:
         return (self.limit_mib - spike) * MIB
 
 
-class MemoryLimiter:
+class MemoryLimiter(Processor):
     def __init__(
         self, name: str, settings: MemoryLimiterSettings, signal: Signal, next: Consumer
     ) -> None:
-        self.name = name
+        super().__init__(name, signal, next)
         self.mark = settings.refuse_above_bytes
         self.retry_after_s = float(settings.retry_after)
         self._interval = float(settings.check_interval)
-        self._next = next
         self._resident_mark = 0  # set at start, over the process's size then
         self.over = False
         self._watch: asyncio.Task[None] | None = None

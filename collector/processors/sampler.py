@@ -20,10 +20,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from collector import sampling
-from collector.component import TRACES, Consumer, Kind
+from collector.component import TRACES, Consumer, Kind, Processor
 from collector.settings import setting
 from collector.signals import Signal
-from collector.telemetry import DROPPED, SAMPLED
+from collector.telemetry import SAMPLED
 
 _ERROR = Status.STATUS_CODE_ERROR
 _SERVER = Span.SPAN_KIND_SERVER
@@ -34,21 +34,14 @@ class SamplerSettings:
     rate: float = setting(1.0, minimum=0.0, maximum=1.0)
 
 
-class Sampler:
+class Sampler(Processor):
     def __init__(self, name: str, settings: SamplerSettings, signal: Signal, next: Consumer):
-        self.name = name
+        super().__init__(name, signal, next)
         self.rate = settings.rate
         self._threshold = sampling.threshold(settings.rate)
         self._mark = f"ot=th:{sampling.threshold_hex(self._threshold)}"
-        self._next = next
         self._kept = SAMPLED.labels(name)
-        self._dropped = DROPPED.labels(name, signal.value, "sampled_out")
-
-    async def start(self) -> None:
-        pass
-
-    async def shutdown(self) -> None:
-        pass
+        self._dropped = self.drops("sampled_out")
 
     async def consume(self, batch: ExportTraceServiceRequest) -> None:
         kept, dropped = self.sample(batch)

@@ -25,8 +25,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector.attributes import first, has
-from collector.component import TRACES, Consumer, Kind
-from collector.processors.scrubber import DEFAULT_RULES, Rules, Scrubber
+from collector.component import TRACES, Consumer, Kind, Processor
+from collector.processors.scrubber import Scrubber
+from collector.scrubbing import DEFAULT_RULES, Rules
 from collector.settings import setting
 from collector.signals import Signal
 from collector.telemetry import SLOW, log
@@ -64,13 +65,12 @@ class _Bucket:
         return False
 
 
-class SlowSpans:
+class SlowSpans(Processor):
     def __init__(self, name: str, settings: SlowSpansSettings, signal: Signal, next: Consumer):
-        self.name = name
+        super().__init__(name, signal, next)
         self._server_ns = settings.threshold_ms * _MS
         self._db_ns = settings.db_threshold_ms * _MS
         self._settings = settings
-        self._next = next
         self.rules: Rules = DEFAULT_RULES  # its pipeline's scrubber's, once joined
         self._requests = SLOW.labels(name, "slow_request")
         self._queries = SLOW.labels(name, "slow_query")
@@ -84,12 +84,6 @@ class SlowSpans:
         scrubbers = [p for p in chain if isinstance(p, Scrubber)]
         if scrubbers:
             self.rules = scrubbers[0].rules
-
-    async def start(self) -> None:
-        pass
-
-    async def shutdown(self) -> None:
-        pass
 
     async def consume(self, batch: ExportTraceServiceRequest) -> None:
         self.mark(batch)

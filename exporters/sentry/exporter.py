@@ -30,7 +30,7 @@ from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, signal_of
 from collector.telemetry import DROPPED, log
 from exporters.retry import QueueSettings, RetrySettings
-from exporters.sentry import envelope, mapping
+from exporters.sentry import envelope, errors, logs, mapping
 from exporters.sentry.records import (
     Event,
     LogRecord,
@@ -195,12 +195,12 @@ class SentryExporter:
     # --- logs --------------------------------------------------------------------------------
 
     def _take_logs(self, records: list[LogRecord], now: float) -> None:
-        items = [mapping.log_item(record, self._defaults) for record in records]
+        items = [logs.log_item(record, self._defaults) for record in records]
         for outgoing in envelope.log_envelopes(items, self.settings.dsn):
             self._submit(outgoing)
-        traced = [r for r in records if r.trace_id and not mapping.is_exception_log(r)]
+        traced = [r for r in records if r.trace_id and not logs.is_exception_log(r)]
         self._emit(self._buffer.add_logs(traced, now))  # evicted traces leave, not vanish
-        failed = [r for r in records if mapping.is_exception_log(r)]
+        failed = [r for r in records if logs.is_exception_log(r)]
         self._emit(self._buffer.add_logs([r for r in failed if r.trace_id], now, exception=True))
         for record in failed:
             if not record.trace_id:
@@ -231,17 +231,17 @@ class SentryExporter:
         seen: set[tuple[str | None, str, str]] = set()
         for span, event in _outermost_records(spans):
             seen.add(_exception_key(span.span_id, event.attributes))
-            crumbs = mapping.breadcrumbs(spans, group.logs, event.time_ns)
+            crumbs = errors.breadcrumbs(spans, group.logs, event.time_ns)
             events.append(
-                mapping.error_from_span_event(span, event, segment, crumbs, self._defaults)
+                errors.error_from_span_event(span, event, segment, crumbs, self._defaults)
             )
         by_id = {span.span_id: span for span in spans}
         for record in group.exception_logs:
             if _exception_key(record.span_id, record.attributes) in seen:
                 continue  # the same exception, already sent from the span event
-            crumbs = mapping.breadcrumbs(spans, group.logs, record.time_ns)
+            crumbs = errors.breadcrumbs(spans, group.logs, record.time_ns)
             span = by_id.get(record.span_id or "")
-            events.append(mapping.error_from_log(record, span, segment, crumbs, self._defaults))
+            events.append(errors.error_from_log(record, span, segment, crumbs, self._defaults))
         return events
 
     def _transaction(self, segment: SpanRecord, children: list[SpanRecord]) -> dict[str, Any]:
@@ -272,7 +272,7 @@ class SentryExporter:
         trace = self._trace_header(event, sample_rate)
         outgoing = envelope.event_envelope(event, self.settings.dsn, trace)
         while outgoing.size > MAX_EVENT_BYTES:
-            if not mapping.lighten(event):
+            if not errors.lighten(event):
                 kind = "transaction" if event.get("type") == "transaction" else "error"
                 DROPPED.labels(self.name, kind, "too_large").inc()
                 log.warning("sentry_event_too_large", exporter=self.name, bytes=outgoing.size)

@@ -38,11 +38,12 @@ DEFAULT_RATE_LIMIT_S = 60.0
 MAX_RATE_LIMIT_S = 86_400.0  # a server asking for longer gets a day, not forever
 CLIENT_REPORT_INTERVAL_S = 30.0
 _ALL = "*"  # a limit on every category
-# The sidecar's drop reasons (on /metrics) -> the client-report reasons sentry-python sends.
+# The sidecar's drop reasons (on /metrics) -> the client-report reasons sentry-python sends;
+# others (``shutdown``: still queued when the grace period ended) are reported by their own
+# name, which the client-report protocol allows (a reason is any string).
 _REPORT_REASONS = {
     "queue_full": "queue_overflow",
     "rate_limited": "ratelimit_backoff",
-    "shutdown": "network_error",
     "internal_error": "internal_sdk_error",
 }
 
