@@ -15,7 +15,8 @@ from prometheus_client import Counter
 from collector.signals import Batch, Signal
 from collector.telemetry import DROPPED
 
-BOTH = frozenset(Signal)
+ALL = frozenset(Signal)
+TRACES_AND_LOGS = frozenset({Signal.TRACES, Signal.LOGS})
 TRACES = frozenset({Signal.TRACES})
 
 
@@ -30,7 +31,7 @@ class Kind:
 
     settings: type
     factory: Callable[..., Any]
-    signals: frozenset[Signal] = BOTH
+    signals: frozenset[Signal] = ALL
 
 
 class Consumer(Protocol):

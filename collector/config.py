@@ -53,9 +53,13 @@ service:
       receivers: [otlp]
       processors: [memory_limiter, scrubber, batch]
       exporters: [sentry, file]
+    metrics:
+      receivers: [otlp]
+      processors: [memory_limiter, scrubber, batch]
+      exporters: [file]
 """
 
-_PIPELINE_NAME = re.compile(r"(traces|logs)(/[A-Za-z0-9_.-]+)?")
+_PIPELINE_NAME = re.compile(r"(traces|logs|metrics)(/[A-Za-z0-9_.-]+)?")
 
 
 @dataclass(frozen=True)
@@ -174,11 +178,13 @@ def _components(section: str, raw: Any, kinds: Mapping[str, Kind]) -> dict[str, 
 def _check_pipelines(config: Config) -> None:
     pipelines = config.service.pipelines
     if not pipelines:
-        raise ConfigError("service.pipelines: define at least one pipeline (traces or logs)")
+        raise ConfigError("service.pipelines: define at least one (traces, logs or metrics)")
     for name, pipeline in pipelines.items():
         path = f"service.pipelines.{name}"
         if not _PIPELINE_NAME.fullmatch(name):
-            raise ConfigError(f"{path}: pipeline names are traces, logs, traces/<x> or logs/<x>")
+            raise ConfigError(
+                f"{path}: pipeline names are traces, logs or metrics, or one of them and /<x>"
+            )
         signal = Signal(name.partition("/")[0])
         for role in ("receivers", "processors", "exporters"):
             ids: tuple[str, ...] = getattr(pipeline, role)

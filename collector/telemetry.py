@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
@@ -16,7 +17,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 RECEIVED = Counter(
     "otelsidecar_receiver_accepted_items",
-    "Spans or log records accepted by a receiver.",
+    "Spans, log records or metric data points accepted by a receiver.",
     ["receiver", "signal"],
     registry=REGISTRY,
 )
@@ -29,7 +30,7 @@ REFUSED = Counter(
 )
 EXPORTED = Counter(
     "otelsidecar_exporter_sent_items",
-    "Spans or log records an exporter delivered.",
+    "Spans, log records or metric data points an exporter delivered.",
     ["exporter", "signal"],
     registry=REGISTRY,
 )
@@ -47,7 +48,8 @@ SLOW = Counter(
 )
 DROPPED = Counter(
     "otelsidecar_dropped_items",
-    "Spans or log records dropped after they were accepted, by component and reason.",
+    "Items (spans, log records, data points) dropped after they were accepted, by component "
+    "and reason.",
     ["component", "signal", "reason"],
     registry=REGISTRY,
 )
@@ -78,3 +80,34 @@ def configure_logging(level: str = "info") -> None:
 
 
 log = structlog.get_logger("otel-sidecar")
+
+
+class LineBudget:
+    """At most ``rate`` lines a second, a burst of ten seconds' worth (a token bucket), for a
+    component that could otherwise flood the sidecar's log. A line refused is counted; the
+    count is told on one ``skipped_event`` line before the next line allowed, or at ``flush``.
+    """
+
+    def __init__(self, rate: float, skipped_event: str, **context: str) -> None:
+        self._rate, self._burst = rate, rate * 10
+        self._tokens, self._at = self._burst, time.monotonic()
+        self._skipped_event, self._context = skipped_event, context
+        self._skipped = 0
+
+    def allow(self) -> bool:
+        """Whether a line may be written now (if not, it is counted as skipped)."""
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            self._skipped += 1
+            return False
+        self._tokens -= 1
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Tell how many lines were skipped since the last time, if any were."""
+        if self._skipped:
+            log.warning(self._skipped_event, count=self._skipped, **self._context)
+            self._skipped = 0

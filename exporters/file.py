@@ -1,7 +1,8 @@
 """The ``file`` exporter: one OTLP/JSON export request per line, appended and flushed.
 
 Each line is exactly what the OTLP/HTTP receiver accepts as a JSON body
-(``{"resourceSpans": [...]}`` or ``{"resourceLogs": [...]}``), so a file can be replayed.
+(``{"resourceSpans": [...]}``, ``{"resourceLogs": [...]}`` or ``{"resourceMetrics": [...]}``),
+so a file can be replayed.
 Encoding and writing run on one worker thread: lines keep their order and the event loop
 keeps serving receivers meanwhile. A write that fails (a full disk) is counted as failed by the
 pipeline and turns the exporter's health entry ``unhealthy`` until a write succeeds again.

@@ -30,7 +30,6 @@ from exporters.retry import (
 )
 
 _RETRYABLE = frozenset({429, 502, 503, 504})
-_PATHS = {Signal.TRACES: "/v1/traces", Signal.LOGS: "/v1/logs"}
 MAX_RETRY_AFTER_S = 300.0
 
 
@@ -65,7 +64,7 @@ class OtlpHttpExporter(OtlpSender):
         super().__init__(name, where, settings.sending_queue, settings.retry_on_failure)
         self._settings = settings
         base = settings.endpoint.rstrip("/")
-        self._urls = {signal: base + path for signal, path in _PATHS.items()}
+        self._urls = {signal: base + signal.http_path for signal in Signal}
         self._headers = {**settings.headers, "Content-Type": "application/x-protobuf"}
         if settings.compression == "gzip":
             self._headers["Content-Encoding"] = "gzip"

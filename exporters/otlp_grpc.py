@@ -28,10 +28,6 @@ from collector.signals import Signal
 from exporters.otlp_base import OtlpSender, Payload
 from exporters.retry import Permanent, QueueSettings, Retryable, RetrySettings, Throttled
 
-_METHODS = {
-    Signal.TRACES: "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    Signal.LOGS: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-}
 _RETRYABLE = frozenset({
     grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
@@ -106,8 +102,8 @@ class OtlpGrpcExporter(OtlpSender):
     async def _open(self) -> None:
         self._channel = self._open_channel()
         # Bytes in, bytes out: the batch is already serialised, the answer parsed on need.
-        self._calls = {signal: self._channel.unary_unary(method)
-                       for signal, method in _METHODS.items()}  # fmt: skip
+        self._calls = {signal: self._channel.unary_unary(f"/{signal.grpc_service}/Export")
+                       for signal in Signal}  # fmt: skip
 
     def _open_channel(self) -> grpc.aio.Channel:
         options = [

@@ -14,6 +14,10 @@ from aiohttp import web
 from collector.signals import Batch, Signal
 from tests.http_server import Handler, ThreadedServer
 
+# The OTLP/HTTP specification's paths, written out: the sink must not take them from the
+# code under test.
+_PATHS = {"/v1/traces": Signal.TRACES, "/v1/logs": Signal.LOGS, "/v1/metrics": Signal.METRICS}
+
 
 @dataclass
 class OtlpSink(ThreadedServer):
@@ -31,8 +35,9 @@ class OtlpSink(ThreadedServer):
             self.answers.append((status, {k.replace("_", "-"): v for k, v in headers.items()}))
 
     def accepted(self, signal: Signal) -> list[Batch]:
-        path = "/v1/traces" if signal is Signal.TRACES else "/v1/logs"
-        return [b for p, _, b, s in self.requests if p == path and s == 200 and b is not None]
+        return [
+            b for p, _, b, s in self.requests if _PATHS[p] is signal and s == 200 and b is not None
+        ]
 
     def wait_for(self, condition: Any, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -41,13 +46,13 @@ class OtlpSink(ThreadedServer):
             time.sleep(0.05)
 
     def routes(self) -> dict[str, Handler]:
-        return {"/v1/traces": self._handle, "/v1/logs": self._handle}
+        return {path: self._handle for path in _PATHS}
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
-        signal = Signal.TRACES if request.path == "/v1/traces" else Signal.LOGS
+        signal = _PATHS[request.path]
         batch = signal.request_type.FromString(body)
         status, headers = self.answers.popleft() if self.answers else (200, {})
         self.requests.append((request.path, dict(request.headers), batch, status))

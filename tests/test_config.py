@@ -51,7 +51,7 @@ def test_default_config_follows_environment() -> None:
     loaded = config.default({"OTEL_SIDECAR_FILE_PATH": "/data/x.jsonl"})
     assert loaded.exporters["file"].path == "/data/x.jsonl"
     assert loaded.receivers["otlp"].protocols.grpc.endpoint == "127.0.0.1:4317"
-    assert set(loaded.service.pipelines) == {"traces", "logs"}
+    assert set(loaded.service.pipelines) == {"traces", "logs", "metrics"}
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_default_config_follows_environment() -> None:
             ("exporters: [file]", "exporters: [file, file]"),
             "service.pipelines.traces.exporters[1]: 'file' is listed twice",
         ),
-        (("traces: {", "metrics: {"), "service.pipelines.metrics: pipeline names are"),
+        (("traces: {", "profiles: {"), "service.pipelines.profiles: pipeline names are"),
         (
             ("grpc: {endpoint: 127.0.0.1:4317}", "{}"),
             "receivers.otlp.protocols: enable at least one",

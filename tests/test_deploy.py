@@ -226,7 +226,8 @@ def test_the_sidecar_takes_what_the_operators_python_injection_sends(tmp_path: P
     attributes), as in the README's Instrumentation resource."""
     import opentelemetry.instrumentation.auto_instrumentation as auto
 
-    with Sidecar(tmp_path, BASIC_CONFIG) as sidecar:
+    metrics = "    metrics: {receivers: [otlp], processors: [batch], exporters: [file]}\n"
+    with Sidecar(tmp_path, BASIC_CONFIG + metrics) as sidecar:
         env = {
             **os.environ,
             "PYTHONPATH": f"{Path(auto.__file__).parent}:{ROOT}",
@@ -234,7 +235,7 @@ def test_the_sidecar_takes_what_the_operators_python_injection_sends(tmp_path: P
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sidecar.endpoints['otlp_http']}",
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_LOGS_EXPORTER": "otlp",
-            "OTEL_METRICS_EXPORTER": "none",  # until the sidecar takes metrics
+            "OTEL_METRICS_EXPORTER": "otlp",
             "OTEL_SERVICE_NAME": "shop",
             "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=prod,k8s.pod.name=shop-7d9f-x2,"
             "k8s.container.name=app",

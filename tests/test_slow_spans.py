@@ -214,7 +214,7 @@ def test_log_lines_are_rate_limited_and_what_was_skipped_is_told(
     """Every slow span is marked and counted; the log carries at most the burst, then says how
     many it left out (100 huge slow requests once wrote 11.6 MiB of log)."""
     clock = [1000.0]
-    monkeypatch.setattr("collector.processors.slow_spans.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("collector.telemetry.time.monotonic", lambda: clock[0])
 
     def slow_batch(count: int) -> ExportTraceServiceRequest:
         batch = ExportTraceServiceRequest()

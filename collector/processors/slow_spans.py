@@ -16,7 +16,6 @@ Per span only the duration is computed; attributes are read for slow spans alone
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from collector.processors.scrubber import Scrubber
 from collector.scrubbing import DEFAULT_RULES, Rules
 from collector.settings import setting
 from collector.signals import Signal
-from collector.telemetry import SLOW, log
+from collector.telemetry import SLOW, LineBudget, log
 
 _SERVER, _CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
 _MS = 1_000_000  # nanoseconds
@@ -48,23 +47,6 @@ class SlowSpansSettings:
     log_lines_per_second: float = setting(20.0, minimum=0.1, maximum=100_000)
 
 
-class _Bucket:
-    """A token bucket: ``rate`` a second, ``burst`` at most."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate, self._burst = rate, burst
-        self._tokens, self._at = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
-
-
 class SlowSpans(Processor):
     def __init__(self, name: str, settings: SlowSpansSettings, signal: Signal, next: Consumer):
         super().__init__(name, signal, next)
@@ -74,9 +56,8 @@ class SlowSpans(Processor):
         self.rules: Rules = DEFAULT_RULES  # its pipeline's scrubber's, once joined
         self._requests = SLOW.labels(name, "slow_request")
         self._queries = SLOW.labels(name, "slow_query")
-        rate = settings.log_lines_per_second
-        self._lines = _Bucket(rate, rate * 10)
-        self._skipped = 0
+        self._lines = LineBudget(settings.log_lines_per_second, "slow_lines_skipped",
+                                 processor=name)  # fmt: skip
 
     def joined(self, chain: Sequence[object]) -> None:
         """Its log lines are written before the scrubber sees the batch: they obey the rules
@@ -120,15 +101,13 @@ class SlowSpans(Processor):
         self._log(lambda: describe(span, duration_ns))
         return 1
 
+    async def shutdown(self) -> None:
+        self._lines.flush()  # how many lines were left out since the last one
+
     def _log(self, describe: Callable[[], dict[str, Any]]) -> None:
         """One line, unless the rate is spent (then counted, and told on the next line)."""
-        if not self._lines.take():
-            self._skipped += 1
-            return
-        if self._skipped:
-            log.warning("slow_lines_skipped", count=self._skipped, processor=self.name)
-            self._skipped = 0
-        log.warning(**describe())
+        if self._lines.allow():
+            log.warning(**describe())
 
     def _request_event(self, span: Span, duration_ns: int) -> dict[str, Any]:
         path = first(span.attributes, "http.route", "url.path", "http.target")

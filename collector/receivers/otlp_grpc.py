@@ -1,4 +1,4 @@
-"""OTLP/gRPC transport (grpc.aio): TraceService/Export and LogsService/Export.
+"""OTLP/gRPC transport (grpc.aio): the Trace, Logs and Metrics services' Export.
 
 Requests arrive as raw bytes and are parsed here, so a malformed message is answered
 INVALID_ARGUMENT (grpc's own deserializer failure would be INTERNAL). Oversized messages are
@@ -20,11 +20,6 @@ from collector.memory import ADMISSION, MIB, TooCostly
 from collector.receivers.intake import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
-
-_SERVICES = {
-    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
-    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
-}
 
 
 class OtlpGrpcServer:
@@ -48,8 +43,10 @@ class OtlpGrpcServer:
             ]
         )
         handlers = [
-            grpc.method_handlers_generic_handler(service, {"Export": self._export_handler(signal)})
-            for signal, service in _SERVICES.items()
+            grpc.method_handlers_generic_handler(
+                signal.grpc_service, {"Export": self._export_handler(signal)}
+            )
+            for signal in Signal
             if self.intake.serves(signal)
         ]
         server.add_generic_rpc_handlers(handlers)

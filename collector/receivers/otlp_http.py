@@ -26,7 +26,6 @@ from collector.telemetry import log
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-_PATHS = {Signal.TRACES: "/v1/traces", Signal.LOGS: "/v1/logs"}
 # gRPC status codes carried in the Status body.
 _INVALID_ARGUMENT, _RESOURCE_EXHAUSTED, _UNAVAILABLE, _INTERNAL = 3, 8, 14, 13
 
@@ -45,9 +44,9 @@ class OtlpHttpServer:
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self._limit)
-        for signal, path in _PATHS.items():
+        for signal in Signal:
             if self.intake.serves(signal):
-                app.router.add_post(path, self._handler(signal))
+                app.router.add_post(signal.http_path, self._handler(signal))
         # auto_decompress off: aiohttp would inflate gzip without our output bound.
         self._runner, self.address = await listen(
             app, self.settings.endpoint, self.intake.transport, auto_decompress=False

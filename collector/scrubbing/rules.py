@@ -9,9 +9,11 @@ import json
 import re
 from typing import Final
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from collector.attributes import EXCEPTION_CHAIN
@@ -30,7 +32,7 @@ from collector.scrubbing.text import (
     scan,
     sql_literals,
 )
-from collector.signals import Batch
+from collector.signals import Batch, data_points
 
 # What to do with an attribute, decided once per key: (action, rule index).
 _SCAN, _SQL, _FILTER, _DROP, _JSON = range(5)
@@ -94,7 +96,7 @@ class Rules:
         return self._text(text, counts)
 
     def scrub_batch(self, batch: Batch) -> dict[str, int]:
-        """Scrub a trace or log export request in place; values changed per rule label."""
+        """Scrub an export request in place; values changed per rule label."""
         counts = [0] * len(LABELS)
         if isinstance(batch, ExportTraceServiceRequest):
             for resource_spans in batch.resource_spans:
@@ -103,6 +105,13 @@ class Rules:
                     self._attributes(scope_spans.scope.attributes, counts)
                     for span in scope_spans.spans:
                         self._span(span, counts)
+        elif isinstance(batch, ExportMetricsServiceRequest):
+            for resource_metrics in batch.resource_metrics:
+                self._attributes(resource_metrics.resource.attributes, counts)
+                for scope_metrics in resource_metrics.scope_metrics:
+                    self._attributes(scope_metrics.scope.attributes, counts)
+                    for metric in scope_metrics.metrics:
+                        self._metric(metric, counts)
         else:
             for resource_logs in batch.resource_logs:
                 self._attributes(resource_logs.resource.attributes, counts)
@@ -139,6 +148,15 @@ class Rules:
             record.severity_text = new
         if (name := self._changed(record.event_name, counts)) is not None:
             record.event_name = name
+
+    def _metric(self, metric: Metric, counts: list[int]) -> None:
+        """Names, units and descriptions come from code; what varies per request (route, user,
+        URL) is in the data points' attributes and the exemplars' filtered attributes."""
+        self._attributes(metric.metadata, counts)
+        for point in data_points(metric):
+            self._attributes(point.attributes, counts)
+            for exemplar in point.exemplars:
+                self._attributes(exemplar.filtered_attributes, counts)
 
     def _attributes(self, attributes: list[KeyValue], counts: list[int]) -> None:
         # The hot loop (upb makes every field read cost ~70 ns, so reads are kept to key,

@@ -25,13 +25,13 @@ from tests.sidecar import ROOT
 
 class TestEnvironment:
     def test_defaults_fill_only_what_is_unset(self) -> None:
-        environ = {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": ""}
+        environ = {"OTEL_METRICS_EXPORTER": "none", "OTEL_TRACES_SAMPLER": ""}
         settings.apply_otel_defaults(environ)
-        assert environ["OTEL_METRICS_EXPORTER"] == "otlp"  # the user's choice stays
+        assert environ["OTEL_METRICS_EXPORTER"] == "none"  # the user's choice stays
         assert environ["OTEL_TRACES_SAMPLER"] == "otel_sidecar"  # an empty NAME= is unset
         fresh: dict[str, str] = {}
         settings.apply_otel_defaults(fresh)
-        assert fresh["OTEL_METRICS_EXPORTER"] == "none"  # no UNIMPLEMENTED every minute
+        assert fresh["OTEL_METRICS_EXPORTER"] == "otlp"
         assert fresh["OTEL_LOGS_EXPORTER"] == "otlp"
         assert environ["OTEL_TRACES_EXPORTER"] == "otlp"
         assert environ["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"

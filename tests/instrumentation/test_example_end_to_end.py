@@ -39,6 +39,7 @@ service:
       processors: [slow_spans, sampler, scrubber, batch]
       exporters: [sentry, file]
     logs: {receivers: [otlp], processors: [scrubber, batch], exporters: [sentry, file]}
+    metrics: {receivers: [otlp], processors: [scrubber, batch], exporters: [file]}
 """
 # What the scenario sends, in order: one request of each kind, successful executions three times.
 SCENARIO = ["list", "lesson", "execute", "execute", "execute", "error", "slow", "timeout", "agent"]
@@ -102,6 +103,17 @@ def test_every_request_is_answered(run: Run) -> None:
         assert status == expected.get(kind, 200), (key, status, run.app_output[-30:])
     markers = ("Failed to export", "Transient error", "UNIMPLEMENTED", "Overriding of current")
     assert [line for line in run.app_output if any(m in line for m in markers)] == []
+
+
+def test_the_apps_request_metrics_arrive(run: Run) -> None:
+    names = {
+        metric["name"]
+        for line in run.sidecar.lines()
+        for resource_metrics in line.get("resourceMetrics", [])
+        for scope_metrics in resource_metrics["scopeMetrics"]
+        for metric in scope_metrics["metrics"]
+    }
+    assert any(name.startswith("http.server.") for name in names), names
 
 
 def test_failing_request_becomes_an_error_with_frames_context_and_variables(run: Run) -> None:

@@ -46,7 +46,11 @@ OTEL_DEFAULTS = (
     ),
     Setting("OTEL_TRACES_EXPORTER", "otlp", "traces go to the sidecar"),
     Setting("OTEL_LOGS_EXPORTER", "otlp", "logs go to the sidecar (`none`: no log capture)"),
-    Setting("OTEL_METRICS_EXPORTER", "none", "the sidecar does not take metrics yet"),
+    Setting(
+        "OTEL_METRICS_EXPORTER",
+        "otlp",
+        "metrics go to the sidecar, which forwards them to OTLP backends (Sentry takes none)",
+    ),
     Setting(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
         "128",

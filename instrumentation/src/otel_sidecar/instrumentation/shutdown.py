@@ -5,8 +5,9 @@ graceful shutdown by raising the SIGTERM (or SIGINT) it caught again, with the d
 restored, so the process dies by the signal and ``atexit`` never runs: everything batched
 since the last export (up to ``OTEL_BSP_SCHEDULE_DELAY``, 5 s) would be lost, on every deploy,
 scale-down and ``--reload``. So once uvicorn's ``Server.shutdown`` has finished (requests done,
-lifespan shutdown run), the tracer and logger providers are flushed. This covers uvicorn,
-its ``--workers`` and ``--reload`` processes, and gunicorn's uvicorn workers.
+lifespan shutdown run), the tracer, logger and meter providers are flushed (the meter exports
+once a minute: what was recorded since would be lost too). This covers uvicorn, its
+``--workers`` and ``--reload`` processes, and gunicorn's uvicorn workers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from opentelemetry import _logs, trace
+from opentelemetry import _logs, metrics, trace
 
 from otel_sidecar.instrumentation.patches import patch
 
@@ -32,7 +33,9 @@ def flush(timeout_ms: int = FLUSH_TIMEOUT_MS) -> None:
     came while this thread held a lock the exporter needs) costs at most the timeout."""
 
     def run() -> None:
-        for provider in (trace.get_tracer_provider(), _logs.get_logger_provider()):
+        providers = (trace.get_tracer_provider(), _logs.get_logger_provider(),
+                     metrics.get_meter_provider())  # fmt: skip
+        for provider in providers:
             force_flush = getattr(provider, "force_flush", None)
             if force_flush is not None:
                 force_flush(timeout_ms)
