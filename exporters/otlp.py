@@ -1,11 +1,13 @@
 """The ``otlp_http`` exporter: batches to any OTLP/HTTP backend, as protobuf, vendor-neutrally.
 
-``POST {endpoint}/v1/traces`` or ``/v1/logs`` with ``application/x-protobuf`` (gzip by
-default) and the configured headers. The batch is serialised once, straight from the protobuf
-the receivers parsed. Answers, as the OTLP specification defines them: 2xx delivered (a
-``partial_success`` with rejected items is counted); 429, 502, 503, 504 and network errors are
-retried, after ``Retry-After`` when the server gives one, else with backoff and jitter; other
-4xx are dropped. Header values and the URL's credentials never appear in logs or status.
+``POST {endpoint}/v1/traces``, ``/v1/logs`` or ``/v1/metrics`` with ``application/x-protobuf``
+(gzip by default) and the configured headers; over HTTPS, the system's roots or
+``tls.ca_file``, and a client certificate with ``tls.cert_file`` and ``tls.key_file``. The
+batch is serialised once, straight from the protobuf the receivers parsed. Answers, as the
+OTLP specification defines them: 2xx delivered (a ``partial_success`` with rejected items is
+counted); 429, 502, 503, 504 and network errors are retried, after ``Retry-After`` when the
+server gives one, else with backoff and jitter; other 4xx are dropped. Header values and the
+URL's credentials never appear in logs or status.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collector.component import Kind
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Batch, Signal
 from exporters.compression import gzip_compress
-from exporters.otlp_base import OtlpSender, Payload
+from exporters.otlp_base import OtlpSender, Payload, TlsSettings
 from exporters.retry import (
     Permanent,
     QueueSettings,
@@ -39,6 +41,7 @@ class OtlpHttpSettings:
     headers: dict[str, str] = setting(factory=dict, secret=True)
     compression: str = setting("gzip", choices=("gzip", "none"))
     timeout: Duration = setting(Duration(10), minimum=0.1, maximum=300)
+    tls: TlsSettings = setting(factory=TlsSettings)  # for an https:// endpoint
     sending_queue: QueueSettings = setting(factory=QueueSettings)
     retry_on_failure: RetrySettings = setting(factory=RetrySettings)
 
@@ -52,6 +55,12 @@ class OtlpHttpSettings:
         if not valid:
             raise ConfigError(f"{path}.endpoint: expected an http(s) URL such as "
                               "https://otlp.example:4318")  # fmt: skip
+        self.tls.check(f"{path}.tls")
+        if self.tls.insecure:
+            raise ConfigError(f"{path}.tls.insecure: plaintext is an http:// endpoint")
+        tls_set = self.tls != TlsSettings()
+        if tls_set and parts.scheme != "https":
+            raise ConfigError(f"{path}.tls: set for an endpoint that is not https://")
         for name, value in self.headers.items():
             if any(ch in name + value for ch in "\r\n\0"):
                 raise ConfigError(f"{path}.headers.{name}: must not contain line breaks")
@@ -72,7 +81,9 @@ class OtlpHttpExporter(OtlpSender):
 
     async def _open(self) -> None:
         timeout = aiohttp.ClientTimeout(total=float(self._settings.timeout))
-        self._session = aiohttp.ClientSession(timeout=timeout)
+        tls = self._settings.tls
+        connector = aiohttp.TCPConnector(ssl=tls.ssl_context()) if tls != TlsSettings() else None
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
 
     async def _close(self) -> None:
         if self._session is not None:

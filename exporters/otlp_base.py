@@ -9,10 +9,13 @@ the answer's body, or :class:`~exporters.retry.Permanent` / ``Retryable`` / ``Th
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from collector.settings import ConfigError
 from collector.signals import Batch, Signal, item_count, signal_of
 from collector.telemetry import DROPPED, EXPORTED, log
 from exporters.queue import sending_queue
@@ -39,6 +42,29 @@ def _decode(stored: bytes) -> Payload:
 
 
 PAYLOAD = Codec(_encode, _decode)  # on disk: "traces 512\n" then the batch as sent
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    insecure: bool = False  # plaintext (a gateway inside the cluster)
+    ca_file: str = ""  # the server's CA; empty: the system's roots
+    cert_file: str = ""  # a client certificate (mTLS), with key_file
+    key_file: str = ""
+
+    def check(self, path: str) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(f"{path}: cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            file = getattr(self, name)
+            if file and not Path(file).is_file():
+                raise ConfigError(f"{path}.{name}: no such file: {file}")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For HTTPS: the system's roots or ``ca_file``, and the client certificate if set."""
+        context = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 class OtlpSender:

@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from collector.component import Kind
 from collector.settings import ConfigError, Duration, setting
 from collector.signals import Signal
-from exporters.otlp_base import OtlpSender, Payload
+from exporters.otlp_base import OtlpSender, Payload, TlsSettings
 from exporters.retry import Permanent, QueueSettings, Retryable, RetrySettings, Throttled
 
 _RETRYABLE = frozenset({
@@ -34,22 +34,6 @@ _RETRYABLE = frozenset({
 })  # fmt: skip
 _STATUS_DETAILS = "grpc-status-details-bin"
 MAX_RETRY_DELAY_S = 300.0
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    insecure: bool = False  # plaintext (a gateway inside the cluster)
-    ca_file: str = ""  # the server's CA; empty: the system's roots
-    cert_file: str = ""  # a client certificate (mTLS), with key_file
-    key_file: str = ""
-
-    def check(self, path: str) -> None:
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ConfigError(f"{path}: cert_file and key_file go together")
-        for name in ("ca_file", "cert_file", "key_file"):
-            file = getattr(self, name)
-            if file and not Path(file).is_file():
-                raise ConfigError(f"{path}.{name}: no such file: {file}")
 
 
 @dataclass(frozen=True)

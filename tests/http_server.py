@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +19,7 @@ class ThreadedServer:
     """
 
     port: int = 0
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this context
 
     def routes(self) -> dict[str, Handler]:
         raise NotImplementedError
@@ -45,7 +47,7 @@ class ThreadedServer:
             app.router.add_post(path, handler)
         runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.tls).start()
         self.port = runner.addresses[0][1]
         started.set()
         await self._stop.wait()

@@ -4,6 +4,7 @@ gets with the official protobufs and answers what the test scripts."""
 from __future__ import annotations
 
 import gzip
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,11 +25,12 @@ class OtlpSink(ThreadedServer):
     answers: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
     requests: list[tuple[str, dict[str, str], Batch | None, int]] = field(default_factory=list)
     port: int = 0
+    tls: ssl.SSLContext | None = None
     reply_body: bytes | None = None  # what a 200 answers; default: an empty partial_success
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def answer(self, status: int, times: int = 1, **headers: str) -> None:
         for _ in range(times):

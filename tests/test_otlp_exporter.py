@@ -4,6 +4,8 @@ real OTLP/HTTP backend parsing with the official protobufs; retries, drops and h
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from opentelemetry.trace import SpanKind
 from collector.settings import ConfigError, Duration
 from collector.signals import Signal, item_count
 from exporters.otlp import OtlpHttpExporter, OtlpHttpSettings
+from exporters.otlp_base import TlsSettings
 from exporters.retry import RetrySettings
+from tests.certificates import self_signed
 from tests.otlp_sink import OtlpSink
 from tests.sidecar import Sidecar
 from tests.test_receivers import trace_request
@@ -232,3 +236,39 @@ service:
     assert statuses[0] == 200 and 503 in statuses
     refused = next(headers for status, _, headers in answers if status == 503)
     assert "Retry-After" in refused
+
+
+def test_https_with_the_servers_ca_and_a_client_certificate(tmp_path: Path) -> None:
+    key, cert = self_signed(tmp_path)
+    client_key, client_cert = self_signed(tmp_path, "client")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    with OtlpSink(tls=server) as secure:
+        run(secure, trace_request(spans=2), tls=TlsSettings(ca_file=str(cert)))
+        assert item_count(secure.accepted(Signal.TRACES)[0]) == 2
+        _, before = sent_and_dropped("network_error")
+        run(secure, trace_request(spans=1))  # the system's roots do not know this server
+        assert sent_and_dropped("network_error")[1] - before == 1
+        server.verify_mode = ssl.CERT_REQUIRED  # mutual TLS from here on
+        server.load_verify_locations(client_cert)
+        run(secure, trace_request(spans=1), tls=TlsSettings(ca_file=str(cert)))
+        assert sent_and_dropped("network_error")[1] - before == 2  # no client certificate
+        mutual = TlsSettings(ca_file=str(cert), cert_file=str(client_cert),
+                             key_file=str(client_key))  # fmt: skip
+        run(secure, trace_request(spans=3), tls=mutual)
+        assert [item_count(b) for b in secure.accepted(Signal.TRACES)] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "tls", "problem"),
+    [
+        ("https://otlp.example", {"insecure": True}, "tls.insecure: plaintext is an http://"),
+        ("http://otlp.example", {"ca_file": __file__}, "tls: set for an endpoint that is not"),
+        ("https://otlp.example", {"cert_file": __file__}, "cert_file and key_file go together"),
+        ("https://otlp.example", {"ca_file": "/nowhere/ca.pem"}, "tls.ca_file: no such file"),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_refused(endpoint: str, tls: dict, problem: str) -> None:
+    settings = OtlpHttpSettings(endpoint=endpoint, tls=TlsSettings(**tls))
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        settings.check("exporters.otlp_http")

@@ -6,7 +6,6 @@ logs; and end to end, the SDK through the sidecar to the backend."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from collector.settings import ConfigError, Duration, build
 from collector.signals import Signal, item_count
 from collector.telemetry import REGISTRY
-from exporters.otlp_grpc import OtlpGrpcExporter, OtlpGrpcSettings, TlsSettings
+from exporters.otlp_base import TlsSettings
+from exporters.otlp_grpc import OtlpGrpcExporter, OtlpGrpcSettings
 from exporters.retry import RetrySettings
+from tests.certificates import self_signed
 from tests.otlp_grpc_sink import OtlpGrpcSink
 from tests.sidecar import Sidecar, spans_in
 from tests.test_receivers import trace_request
@@ -161,11 +162,7 @@ def test_config_refuses_what_cannot_work(tmp_path: Path) -> None:
 
 
 def test_tls_with_the_servers_ca(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-               "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-               "-keyout", str(key), "-out", str(cert)]  # fmt: skip
-    subprocess.run(openssl, check=True, capture_output=True)
+    key, cert = self_signed(tmp_path)
     credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     with OtlpGrpcSink(credentials=credentials) as secure:
         run(secure, trace_request(spans=2), tls=TlsSettings(ca_file=str(cert)))
