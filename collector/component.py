@@ -54,6 +54,9 @@ class Exporter(Component, Consumer, Protocol):
     # Whether it takes the error spans of traces the sampler dropped (the ResourceSpans
     # marked errors-only, :mod:`collector.sampling`); the others never see them.
     accepts_unsampled_errors: bool
+    # Whether a batch it has taken survives the process being killed (a queue on disk): then
+    # what is answered success upstream must have reached it first (see the batch processor).
+    durable: bool
 
     def admit(self) -> None:
         """Raise :class:`Refused` when it has no room for another batch (a full queue)."""
@@ -92,8 +95,9 @@ class Processor:
 
 @runtime_checkable
 class SeesPipeline(Protocol):
-    def joined(self, chain: Sequence[object]) -> None:
-        """Called once its pipeline is built, with the pipeline's processors upstream first."""
+    def joined(self, chain: Sequence[object], exporters: Sequence[Exporter]) -> None:
+        """Called once its pipeline is built, with the pipeline's processors upstream first
+        and its exporters."""
 
 
 class Refused(Exception):

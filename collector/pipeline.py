@@ -128,7 +128,7 @@ class Service:
                 chain.insert(0, head)
             for processor in chain:
                 if isinstance(processor, SeesPipeline):
-                    processor.joined(chain)
+                    processor.joined(chain, [self.exporters[e] for e in pipeline.exporters])
             self.processors.extend(chain)
             heads[name] = (signal, Door(head, [self.exporters[e] for e in pipeline.exporters]))
         self.receivers = {}
@@ -223,7 +223,7 @@ def _exporter(component_id: str, settings: Any) -> Exporter:
     if not isinstance(exporter, Exporter):  # a third party's, missing a member
         raise ConfigError(
             f"exporters.{component_id}: {type(exporter).__name__} is not an exporter (it needs "
-            "name, start, shutdown, consume, admit, status, accepts_unsampled_errors)"
+            "name, start, shutdown, consume, admit, status, accepts_unsampled_errors, durable)"
         )
     return exporter
 

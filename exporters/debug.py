@@ -45,6 +45,7 @@ class DebugSettings:
 
 class DebugExporter:
     accepts_unsampled_errors = False  # shows what the other exporters get
+    durable = False
 
     def __init__(self, name: str, settings: DebugSettings) -> None:
         self.name = name

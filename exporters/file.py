@@ -35,6 +35,7 @@ class FileSettings:
 
 class FileExporter:
     accepts_unsampled_errors = False  # errors of dropped traces go to error trackers only
+    durable = False  # a local, debugging output: requests never wait for its writes
 
     def __init__(self, name: str, settings: FileSettings) -> None:
         self.name = name

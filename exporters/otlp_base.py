@@ -72,6 +72,7 @@ class OtlpSender:
 
     def __init__(self, name: str, where: str, queue: QueueSettings, retry: RetrySettings) -> None:
         self.name = name
+        self.durable = queue.storage != "memory"  # a queue on disk
         self.where = where  # scheme, host and port: never a credential
         self._retry = retry
         self._queue = sending_queue(name, queue, self._deliver, lambda p: len(p.body),

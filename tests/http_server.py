@@ -18,7 +18,7 @@ class ThreadedServer:
     Bodies arrive raw (``auto_decompress`` off) so tests can check what was really sent.
     """
 
-    port: int = 0
+    port: int = 0  # 0: a free one, set once serving
     tls: ssl.SSLContext | None = None  # serve HTTPS with this context
 
     def routes(self) -> dict[str, Handler]:
@@ -47,7 +47,7 @@ class ThreadedServer:
             app.router.add_post(path, handler)
         runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.tls).start()
+        await web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.tls).start()
         self.port = runner.addresses[0][1]
         started.set()
         await self._stop.wait()

@@ -3,6 +3,7 @@ gets with the official protobufs and answers what the test scripts."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import ssl
 import time
@@ -26,6 +27,7 @@ class OtlpSink(ThreadedServer):
     requests: list[tuple[str, dict[str, str], Batch | None, int]] = field(default_factory=list)
     port: int = 0
     tls: ssl.SSLContext | None = None
+    delay_s: float = 0.0  # how long each answer takes (a slow backend)
     reply_body: bytes | None = None  # what a 200 answers; default: an empty partial_success
 
     @property
@@ -56,6 +58,7 @@ class OtlpSink(ThreadedServer):
             body = gzip.decompress(body)
         signal = _PATHS[request.path]
         batch = signal.request_type.FromString(body)
+        await asyncio.sleep(self.delay_s)
         status, headers = self.answers.popleft() if self.answers else (200, {})
         self.requests.append((request.path, dict(request.headers), batch, status))
         success = self.reply_body or signal.success_response().SerializeToString()

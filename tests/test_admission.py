@@ -229,3 +229,34 @@ def test_a_spike_limit_of_zero_is_allowed() -> None:
     settings = MemoryLimiterSettings(limit_mib=64, spike_limit_mib=0)
     settings.check("processors.memory_limiter")
     assert settings.refuse_above_bytes == 64 * MIB
+
+
+def test_the_intake_s_checks_before_reading_refuse_and_count_by_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    intake = Intake("test_checks", {Signal.TRACES: Taker()})
+    reasons = ("memory_limit", "too_large", "loop_lag")
+    before = {reason: refused("test_checks", reason) for reason in reasons}
+    limit = SimpleNamespace(mark=4 * MIB, over=False, retry_after_s=3.0)
+    ADMISSION.register(limit)
+    try:
+        intake.check_admission(Signal.TRACES, 1000)  # room: nothing said, nothing counted
+        intake.check_overload(Signal.TRACES)
+        with HELD.request(4 * MIB), pytest.raises(Refused, match="memory_limit"):
+            intake.check_admission(Signal.TRACES, 1000)
+        with pytest.raises(TooCostly):
+            intake.check_admission(Signal.TRACES, MIB)  # could never fit under the mark
+    finally:
+        ADMISSION.unregister(limit)
+
+    class Lagging:
+        def check(self) -> None:
+            raise Refused("loop_lag", 1.0)
+
+    monkeypatch.setattr("collector.receivers.intake.OVERLOAD", Lagging())
+    with pytest.raises(Refused, match="loop_lag"):
+        intake.check_overload(Signal.TRACES)
+    with pytest.raises(Refused, match="loop_lag"):
+        intake.check_admission(Signal.TRACES, 10)
+    counted = {reason: refused("test_checks", reason) - before[reason] for reason in reasons}
+    assert counted == {"memory_limit": 1, "too_large": 1, "loop_lag": 2}

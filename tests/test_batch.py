@@ -103,3 +103,67 @@ def test_a_refusal_after_requests_were_answered_is_counted() -> None:
         assert dropped("storage_error") - before == 7
 
     asyncio.run(scenario())
+
+
+class Durable:
+    durable = True
+
+
+class Gate(Recorder):
+    """Holds each send until the test opens it; refuses when told to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+        self.refusal: Refused | None = None
+
+    async def consume(self, batch: Batch) -> None:
+        await self.open.wait()
+        if self.refusal is not None:
+            raise self.refusal
+        await super().consume(batch)
+
+
+def waiting_processor() -> tuple[BatchProcessor, Gate]:
+    gate = Gate()
+    batch = BatchProcessor("batch", BatchSettings(timeout=Duration(60), send_batch_size=1000),
+                           Signal.TRACES, gate)  # fmt: skip
+    batch.joined([batch], [Durable()])  # type: ignore[list-item]
+    return batch, gate
+
+
+def test_with_a_durable_exporter_a_request_returns_once_its_batch_was_sent() -> None:
+    """No timer: the first request is sent at once; those arriving meanwhile go together in
+    the next send (a group commit), and each returns only after the send holding it."""
+
+    async def scenario() -> None:
+        batch, gate = waiting_processor()
+        first = asyncio.create_task(batch.consume(trace_request(spans=1)))
+        await asyncio.sleep(0.01)
+        others = [asyncio.create_task(batch.consume(trace_request(spans=n))) for n in (2, 3)]
+        await asyncio.sleep(0.01)
+        assert not any(t.done() for t in [first, *others])  # nothing answered before its send
+        gate.open.set()
+        await asyncio.gather(first, *others)
+        assert [item_count(b) for b in gate.batches] == [1, 5]
+        await batch.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_with_a_durable_exporter_a_refused_send_refuses_every_request_in_it() -> None:
+    async def scenario() -> None:
+        batch, gate = waiting_processor()
+        gate.refusal = Refused("queue_full")
+        before = dropped("queue_full")
+        requests = [asyncio.create_task(batch.consume(trace_request(spans=2))) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        gate.open.set()
+        results = await asyncio.gather(*requests, return_exceptions=True)
+        assert [type(r) for r in results] == [Refused] * 3
+        assert dropped("queue_full") == before  # nobody was told it was accepted
+        gate.refusal = None
+        await batch.consume(trace_request(spans=4))  # and it goes on
+        assert [item_count(b) for b in gate.batches] == [4]
+
+    asyncio.run(scenario())

@@ -23,9 +23,13 @@ from tests.otlp_sink import OtlpSink
 from tests.sidecar import Sidecar
 from tests.test_receivers import post, trace_request
 
+# A batch processor with a long timeout: what it would hold when the process is killed was
+# answered success all the same, unless it waits for the queue (it does, the queue being durable).
 CONFIG = """
 receivers:
   otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+processors:
+  batch: {timeout: 30s}
 exporters:
   otlp_http:
     endpoint: "ENDPOINT"
@@ -36,7 +40,7 @@ extensions:
 service:
   grace_period: 1s
   pipelines:
-    traces: {receivers: [otlp], exporters: [otlp_http]}
+    traces: {receivers: [otlp], processors: [batch], exporters: [otlp_http]}
 """
 
 

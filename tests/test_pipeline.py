@@ -36,6 +36,7 @@ class FakeExporter:
     def __init__(self, name: str, error: Exception | None = None) -> None:
         self.name = name
         self.accepts_unsampled_errors = False
+        self.durable = False
         self.error = error
         self.full = False
         self.batches: list[Batch] = []

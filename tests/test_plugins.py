@@ -36,6 +36,7 @@ class Settings:
 
 class SpanNames:
     accepts_unsampled_errors = False
+    durable = False
 
     def __init__(self, name, settings):
         self.name = name

@@ -5,14 +5,21 @@ its first item arrived. A request that alone fills a batch passes straight throu
 Sending awaits the next consumer, so a slow exporter slows the receivers (backpressure) rather
 than letting batches pile up here; exporters with full queues refuse at the pipeline's door
 (:class:`~collector.pipeline.Door`), before a request's items join a pending batch.
+
+When an exporter of its pipeline is durable (its sending queue on disk), a request is answered
+only once the batch holding its items was handed to the exporters: what the client was told
+was accepted survives a kill. Then there is no timer: a batch is sent at once, and requests
+that arrive while one is being sent gather into the next (a group commit), so batching costs
+no latency and a sequential client is not held ``timeout`` per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.component import Consumer, Kind, Processor, Refused
+from collector.component import Consumer, Exporter, Kind, Processor, Refused
 from collector.memory import HELD
 from collector.settings import Duration, setting
 from collector.signals import Batch, Signal, item_count
@@ -33,11 +40,20 @@ class BatchProcessor(Processor):
         self._pending_bytes = 0  # held in collector.memory until sent
         self._timer: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._waits = False  # requests wait for their batch's send (a durable exporter)
+        self._sent: asyncio.Future[None] | None = None  # the pending batch's send, when waiting
+        self._sender: asyncio.Task[None] | None = None  # sends while something is pending
+
+    def joined(self, chain: Sequence[object], exporters: Sequence[Exporter]) -> None:
+        self._waits = any(exporter.durable for exporter in exporters)
 
     async def consume(self, batch: Batch) -> None:
         count = item_count(batch)
         if self._pending is None and count >= self._settings.send_batch_size:
             await self._next.consume(batch)
+            return
+        if self._waits:
+            await self._join_next_send(batch, count)
             return
         if self._pending is None:
             self._pending = self.signal.request_type()
@@ -57,8 +73,40 @@ class BatchProcessor(Processor):
                 self.drops(refusal.reason).inc(answered)
                 raise
 
+    async def _join_next_send(self, batch: Batch, count: int) -> None:
+        """Add the items to the pending batch and return once it was sent (raise its refusal).
+        One sender at a time: what arrives meanwhile is sent right after, together."""
+        if self._pending is None:
+            self._pending = self.signal.request_type()
+            self._sent = asyncio.get_running_loop().create_future()
+        sent = self._sent
+        assert sent is not None
+        self._pending.MergeFrom(batch)
+        self._pending_items += count
+        size = batch.ByteSize()
+        self._pending_bytes += size
+        HELD.hold(size)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_while_pending())
+        await asyncio.shield(sent)  # a client that goes away leaves the others' send alone
+
+    async def _send_while_pending(self) -> None:
+        while self._pending is not None:
+            sent, self._sent = self._sent, None
+            try:
+                await self._send()
+            except Refused as refusal:  # every request in it is refused: none was answered
+                if sent is not None:
+                    sent.set_exception(refusal)
+                    sent.exception()  # retrieved: its requests raise it
+                continue
+            if sent is not None:
+                sent.set_result(None)
+
     async def shutdown(self) -> None:
-        """Send what is pending and wait for sends started by the timer."""
+        """Send what is pending and wait for sends started by the timer (or the sender)."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
         await self._send_answered(self._pending_items)
         if self._sends:
             await asyncio.gather(*self._sends, return_exceptions=True)

@@ -59,7 +59,7 @@ class SlowSpans(Processor):
         self._lines = LineBudget(settings.log_lines_per_second, "slow_lines_skipped",
                                  processor=name)  # fmt: skip
 
-    def joined(self, chain: Sequence[object]) -> None:
+    def joined(self, chain: Sequence[object], exporters: Sequence[object]) -> None:
         """Its log lines are written before the scrubber sees the batch: they obey the rules
         of its pipeline's scrubber, the configured ones too."""
         scrubbers = [p for p in chain if isinstance(p, Scrubber)]

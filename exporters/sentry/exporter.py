@@ -89,6 +89,9 @@ class SentrySettings:
 class SentryExporter:
     # Gets the error spans of unsampled traces (collector.sampling), for error events.
     accepts_unsampled_errors = True
+    # Spans wait in the trace buffer for their transaction before they reach the (maybe
+    # persistent) queue: a kill loses that buffer whatever the queue's storage.
+    durable = False
 
     def __init__(self, name: str, settings: SentrySettings) -> None:
         self.name = name
