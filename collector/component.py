@@ -65,6 +65,33 @@ class Exporter(Component, Consumer, Protocol):
         """(state, message) for the health JSON: ``healthy``, ``degraded``..., never a secret."""
 
 
+class Receiver(Protocol):
+    name: str
+    endpoints: dict[str, str]  # transport -> the address listened on (port 0 resolved)
+
+    async def start(self) -> None:
+        """Listen. Called last: everything downstream is running."""
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop listening at once; requests in flight get ``grace_s`` to finish."""
+
+
+class Extension(Component, Protocol):
+    address: str | None  # where it listens, if it does
+
+
+class PipelineProcessor(Component, Consumer, Protocol):
+    """A processor as the pipeline sees it: a consumer with a lifecycle."""
+
+
+@runtime_checkable
+class ServesHealth(Protocol):
+    """A receiver with a health service of its own (gRPC's ``grpc.health.v1``)."""
+
+    async def set_ready(self, ready: bool) -> None:
+        """Whether the sidecar takes traffic: after start, and until shutdown begins."""
+
+
 @runtime_checkable
 class Readiness(Protocol):
     """An extension that reports whether the sidecar takes traffic (the health probes)."""

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector import components
-from collector.component import Consumer, Exporter, Readiness, Refused, SeesPipeline
+from collector.component import (
+    Component,
+    Consumer,
+    Exporter,
+    Extension,
+    PipelineProcessor,
+    Readiness,
+    Receiver,
+    Refused,
+    SeesPipeline,
+    ServesHealth,
+)
 from collector.config import Config
 from collector.sampling import without_errors_only
 from collector.settings import ConfigError
@@ -118,11 +129,11 @@ class Service:
         self.exporters = {
             eid: _exporter(eid, config.exporters[eid]) for eid in sorted(used["exporters"])
         }
-        self.processors: list[Any] = []  # in pipeline order, upstream first within each
+        self.processors: list[PipelineProcessor] = []  # in pipeline order, upstream first
         heads: dict[str, tuple[Signal, Door]] = {}
         for name, (signal, pipeline) in pipelines.items():
             head: Consumer = FanOut([self.exporters[eid] for eid in pipeline.exporters])
-            chain = []
+            chain: list[PipelineProcessor] = []
             for pid in reversed(pipeline.processors):
                 head = _make("processors", pid, config.processors[pid], signal, head)
                 chain.insert(0, head)
@@ -131,7 +142,7 @@ class Service:
                     processor.joined(chain, [self.exporters[e] for e in pipeline.exporters])
             self.processors.extend(chain)
             heads[name] = (signal, Door(head, [self.exporters[e] for e in pipeline.exporters]))
-        self.receivers = {}
+        self.receivers: dict[str, Receiver] = {}
         for rid in sorted(used["receivers"]):
             consumers: dict[Signal, Consumer] = {}
             for signal in Signal:
@@ -143,7 +154,7 @@ class Service:
                 if feeds:
                     consumers[signal] = feeds[0] if len(feeds) == 1 else Tee(feeds)
             self.receivers[rid] = _make("receivers", rid, config.receivers[rid], consumers)
-        self.extensions = {
+        self.extensions: dict[str, Extension] = {
             eid: _make("extensions", eid, settings, self.component_status)
             for eid, settings in config.extensions.items()
         }
@@ -173,7 +184,7 @@ class Service:
         return status
 
     async def start(self) -> None:
-        started: list[Any] = []
+        started: list[Component | Receiver] = []
         try:
             for component in [
                 *self.extensions.values(),
@@ -187,17 +198,20 @@ class Service:
             for component in reversed(started):
                 await component.shutdown()
             raise
-        self._set_ready(True)
+        await self._set_ready(True)
 
-    def _set_ready(self, ready: bool) -> None:
+    async def _set_ready(self, ready: bool) -> None:
         for extension in self.extensions.values():
             if isinstance(extension, Readiness):
                 extension.ready = ready
+        for receiver in self.receivers.values():
+            if isinstance(receiver, ServesHealth):
+                await receiver.set_ready(ready)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, then flush processors and exporters, within ``grace_s`` overall."""
         deadline = time.monotonic() + grace_s
-        self._set_ready(False)  # the pod stops getting traffic first
+        await self._set_ready(False)  # the pod stops getting traffic first
         for receiver in self.receivers.values():
             await _within(receiver.shutdown(grace_s=min(5.0, grace_s / 4)), deadline, receiver)
         for processor in self.processors:  # in order: each flushes into the next
@@ -228,7 +242,9 @@ def _exporter(component_id: str, settings: Any) -> Exporter:
     return exporter
 
 
-async def _within(shutdown: Any, deadline: float, component: Any) -> None:
+async def _within(
+    shutdown: Awaitable[None], deadline: float, component: Component | Receiver
+) -> None:
     """Run a shutdown until the deadline, then cancel it. It always starts first, so even with
     no time left its cleanup (counting what it drops) runs."""
     task = asyncio.ensure_future(shutdown)

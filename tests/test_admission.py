@@ -17,7 +17,9 @@ from collector.memory import (
     MIB,
     PARSED_FACTOR,
     Admission,
+    HeldBytes,
     TooCostly,
+    give_back,
     resident_bytes,
 )
 from collector.processors.memory_limiter import (
@@ -260,3 +262,42 @@ def test_the_intake_s_checks_before_reading_refuse_and_count_by_reason(
         intake.check_admission(Signal.TRACES, 10)
     counted = {reason: refused("test_checks", reason) - before[reason] for reason in reasons}
     assert counted == {"memory_limit": 1, "too_large": 1, "loop_lag": 2}
+
+
+def test_a_new_count_holds_nothing_and_never_goes_below_zero() -> None:
+    held = HeldBytes()
+    assert held.value == 0
+    held.hold(10)
+    held.release(25)
+    assert held.value == 0
+
+
+def test_too_costly_says_so_in_words() -> None:
+    limit = SimpleNamespace(mark=MIB, over=False, retry_after_s=1.0)
+    admission = Admission()
+    admission.register(limit)
+    with pytest.raises(TooCostly) as raised:
+        admission.check(MIB)
+    assert str(raised.value) == "request too large for the memory limit"
+
+
+def test_freed_memory_is_handed_back_to_the_os(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[tuple[str, int]] = []
+
+    class Libc:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def malloc_trim(self, pad: int) -> int:
+            trims.append((self.name, pad))
+            return 1
+
+    monkeypatch.setattr("collector.memory.ctypes.CDLL", Libc)
+    give_back()
+    assert trims == [("libc.so.6", 0)]  # glibc's, keeping no padding
+
+    def not_glibc(name: str) -> None:
+        raise OSError(name)
+
+    monkeypatch.setattr("collector.memory.ctypes.CDLL", not_glibc)
+    give_back()  # elsewhere: nothing to trim, no error

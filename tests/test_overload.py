@@ -110,3 +110,63 @@ def test_refusals_ask_to_come_back_in_a_second_and_a_stopped_watch_is_gone() -> 
         assert overload.lag_s() == 0.0
 
     asyncio.run(scenario())
+
+
+class Clock:
+    """The watch's loop time, moved by the test; ``sleep`` is the watch's wait between runs:
+    ``finished`` requests end in it, then the clock moves on by what was asked (or ``late``)."""
+
+    def __init__(self, overload: Overload, finished: int, runs: int) -> None:
+        self.now = 100.0
+        self.overload, self.finished, self.runs = overload, finished, runs
+        self.late = 0.0  # added to the next wait: the loop was busy
+        overload._loop = self  # type: ignore[assignment]
+        overload._due = self.now + INTERVAL_S  # as start() sets it
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.runs -= 1
+        if self.runs < 0:
+            raise asyncio.CancelledError
+        for _ in range(self.finished):
+            with self.overload.in_flight_while():
+                pass
+        self.now += seconds + self.late
+        self.late = 0.0
+
+
+def watch(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("collector.overload.asyncio.sleep", clock.sleep)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(clock.overload._watch())
+
+
+def test_the_rate_is_a_moving_average_of_requests_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    overload = Overload()
+    clock = Clock(overload, finished=5, runs=400)  # 5 a tick of 50 ms: 100 a second
+    watch(clock, monkeypatch)
+    assert overload.rate == pytest.approx(100, rel=1e-3)
+    assert overload.lag_s() == 0.0  # every run on time
+
+
+def test_a_late_run_takes_the_rate_it_measured_over_its_whole_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    overload = Overload()
+    overload.rate = 400.0
+    clock = Clock(overload, finished=300, runs=1)
+    clock.late = 2.0 - INTERVAL_S  # 300 answered over 2 s of a busy loop
+    watch(clock, monkeypatch)
+    assert overload.rate == pytest.approx(150)  # longer than the window: the average is it
+
+
+def test_lag_is_refused_only_beyond_its_bound() -> None:
+    overload = Overload()
+    clock = Clock(overload, finished=0, runs=0)
+    clock.now = overload._due + MAX_LAG_S
+    overload.check()  # exactly at the bound: taken
+    clock.now += 0.001
+    with pytest.raises(Refused, match="loop_lag"):
+        overload.check()

@@ -55,6 +55,11 @@ class OtlpReceiver:
         for server in self.servers:
             await server.start()
 
+    async def set_ready(self, ready: bool) -> None:
+        """What its gRPC health service answers (the HTTP transport has no such service)."""
+        for server in self.servers:
+            await server.set_ready(ready)
+
     async def shutdown(self, grace_s: float = 5.0) -> None:
         for server in self.servers:
             await server.shutdown(grace_s)

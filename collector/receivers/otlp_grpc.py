@@ -13,6 +13,8 @@ import asyncio
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health
 
 from collector.component import Refused
 from collector.http import body_timeout
@@ -28,6 +30,17 @@ class OtlpGrpcServer:
         self.intake = intake
         self.address = str(settings.endpoint)
         self._server: grpc.aio.Server | None = None
+        self._health: health.HealthServicer | None = None
+
+    async def set_ready(self, ready: bool) -> None:
+        """``grpc.health.v1``: SERVING once the pipelines run, NOT_SERVING from shutdown on,
+        for the whole server (``""``) and each OTLP service it serves."""
+        if self._health is None:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if ready else (
+            health_pb2.HealthCheckResponse.NOT_SERVING)  # fmt: skip
+        for service in ["", *(s.grpc_service for s in Signal if self.intake.serves(s))]:
+            await self._health.set(service, status)
 
     async def start(self) -> None:
         limit = self.settings.max_recv_msg_size_mib * MIB
@@ -50,6 +63,9 @@ class OtlpGrpcServer:
             if self.intake.serves(signal)
         ]
         server.add_generic_rpc_handlers(handlers)
+        self._health = health.HealthServicer()
+        await self.set_ready(False)  # until the pipelines say otherwise
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         endpoint = self.settings.endpoint
         try:
             port = server.add_insecure_port(endpoint)

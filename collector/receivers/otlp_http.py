@@ -52,6 +52,9 @@ class OtlpHttpServer:
             app, self.settings.endpoint, self.intake.transport, auto_decompress=False
         )
 
+    async def set_ready(self, ready: bool) -> None:
+        """Nothing to say: OTLP/HTTP has no health service (the health extension is it)."""
+
     async def shutdown(self, grace_s: float) -> None:
         """Stop listening at once; requests in flight get ``grace_s`` to finish."""
         runner, self._runner = self._runner, None
