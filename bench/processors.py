@@ -10,7 +10,9 @@ counted), timed with the process CPU clock:
 * ``slow_spans``: duration check on every span, attributes read for slow ones only;
 * ``sampler(0.1)``: the decision from the trace id, dropped spans deleted in place;
 * ``scrubber``: every default rule, on every span (no sampling in front);
-* ``pipeline``: slow_spans → sampler(0.1) → scrubber, as the reference config chains them;
+* ``key_metrics``: kind and duration of every span, attributes of SERVER and CLIENT ones;
+* ``pipeline``: slow_spans → key_metrics → sampler(0.1) → scrubber, as the default config
+  chains them;
 * ``sentry mapping``: what the Sentry exporter does with spans that reach it: records,
   segment assembly, transaction and error events, envelopes serialised (no network). It runs
   on every span here; in the pipeline it sees only what sampling keeps.
@@ -29,6 +31,7 @@ import structlog
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from throughput import SPANS_PER_REQUEST, build_request
 
+from collector.processors.key_metrics import KeyMetrics, KeyMetricsSettings
 from collector.processors.sampler import Sampler, SamplerSettings
 from collector.processors.scrubber import ScrubberSettings
 from collector.processors.slow_spans import SlowSpans, SlowSpansSettings
@@ -43,14 +46,17 @@ def steps() -> dict[str, Step]:
     slow = SlowSpans("slow_spans", SlowSpansSettings(), Signal.TRACES, None)  # type: ignore[arg-type]
     sampler = Sampler("sampler", SamplerSettings(rate=0.1), Signal.TRACES, None)  # type: ignore[arg-type]
     rules = ScrubberSettings().rules()
+    key = KeyMetrics("key_metrics", KeyMetricsSettings(), Signal.TRACES, None)  # type: ignore[arg-type]
 
     def pipeline(batch: ExportTraceServiceRequest) -> None:
         slow.mark(batch)
+        key.measure(batch)
         sampler.sample(batch)
         rules.scrub_batch(batch)
 
     return {
         "slow_spans": slow.mark,
+        "key_metrics": key.measure,
         "sampler(0.1)": sampler.sample,
         "scrubber": rules.scrub_batch,
         "pipeline": pipeline,

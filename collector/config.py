@@ -32,6 +32,7 @@ receivers:
 processors:
   memory_limiter: {limit_mib: "${env:OTEL_SIDECAR_MEMORY_LIMIT_MIB:-256}"}
   slow_spans: {}
+  key_metrics: {}
   sampler: {rate: "${env:SENTRY_TRACES_SAMPLE_RATE:-1.0}"}
   scrubber: {}
   batch: {}
@@ -47,7 +48,7 @@ service:
   pipelines:
     traces:
       receivers: [otlp]
-      processors: [memory_limiter, slow_spans, sampler, scrubber, batch]
+      processors: [memory_limiter, slow_spans, key_metrics, sampler, scrubber, batch]
       exporters: [sentry, file]
     logs:
       receivers: [otlp]

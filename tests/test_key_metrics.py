@@ -1,0 +1,164 @@
+"""The key_metrics processor: the guide's numbers from every span, read back from the sidecar's
+own /metrics text with Prometheus' parser; bounded labels; distinct users in fixed memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector.processors.key_metrics import SERVER as SERVER_TABLE
+from collector.processors.key_metrics import Distinct, KeyMetrics, KeyMetricsSettings
+from collector.signals import Batch, Signal
+from collector.telemetry import REGISTRY
+from tests.sidecar import Sidecar
+from tests.test_receivers import post
+
+MS = 1_000_000
+
+
+def span(kind: int, ms: float, error: bool = False, **attributes: Any) -> Span:
+    item = Span(trace_id=os.urandom(16), span_id=os.urandom(8), name="s", kind=kind,
+                start_time_unix_nano=10**18, end_time_unix_nano=10**18 + int(ms * MS))  # fmt: skip
+    if error:
+        item.status.code = Status.STATUS_CODE_ERROR
+    for key, value in attributes.items():
+        field = "int_value" if isinstance(value, int) else "string_value"
+        name = key if "." in key else key.replace("_", ".")  # http_route; or a dotted name
+        setattr(item.attributes.add(key=name).value, field, value)
+    return item
+
+
+def request(service: str, *spans: Span) -> ExportTraceServiceRequest:
+    batch = ExportTraceServiceRequest()
+    resource_spans = batch.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = service
+    resource_spans.scope_spans.add().spans.extend(spans)
+    return batch
+
+
+SERVER, CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
+
+
+def traffic(service: str) -> ExportTraceServiceRequest:
+    """Ten requests to /users/{id} (two slow, one a 500), one DB error, two calls to an API."""
+    ok = {"http.response.status_code": 200}
+    spans = [span(SERVER, ms, http_route="/users/{id}", **ok)
+             for ms in (20, 40, 80, 120, 300, 450, 480, 600, 1500, 2000)]  # fmt: skip
+    spans[-1].attributes[1].value.int_value = 500
+    spans += [
+        span(CLIENT, 30, db_system="postgresql"),
+        span(CLIENT, 250, True, db_system="postgresql"),
+    ]
+    spans += [span(CLIENT, 90, http_request_method="GET", server_address="ai.example",
+                   **{"http.response.status_code": code}) for code in (200, 503)]  # fmt: skip
+    spans.append(span(Span.SPAN_KIND_INTERNAL, 5000))  # neither: not counted
+    return request(service, *spans)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_guide_s_numbers_on_metrics_from_every_span(tmp_path: Path) -> None:
+    config = """
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+processors:
+  key_metrics: {}
+  sampler: {rate: 0.0}
+exporters:
+  file: {path: "${OUT}"}
+extensions:
+  health: {endpoint: "127.0.0.1:0"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [key_metrics, sampler], exporters: [file]}
+"""
+    with Sidecar(tmp_path, config) as sidecar:
+        assert post(sidecar, "/v1/traces", traffic("shop").SerializeToString())[0] == 200
+        url = f"http://{sidecar.endpoints['health']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            got = samples(answer.read().decode())
+    route = (("route", "/users/{id}"), ("service", "shop"))
+    bucket = lambda name, le, labels=route: got[(name, tuple(sorted((*labels, ("le", le)))))]  # noqa: E731
+    server = "http_server_request_duration_seconds"
+    assert got[(f"{server}_count", route)] == 10  # every request, though sampling kept none
+    assert bucket(f"{server}_bucket", "0.1") == 3
+    assert bucket(f"{server}_bucket", "0.5") == 7  # the guide's P95 line
+    assert bucket(f"{server}_bucket", "1.0") == 8  # over it: slow
+    assert got[("http_server_request_errors_total", route)] == 1
+    database = (("db_system", "postgresql"), ("service", "shop"))
+    assert got[("db_client_operation_duration_seconds_count", database)] == 2
+    assert bucket("db_client_operation_duration_seconds_bucket", "0.1", database) == 1
+    assert got[("db_client_operation_errors_total", database)] == 1
+    api = (("host", "ai.example"), ("service", "shop"))
+    assert got[("http_client_request_duration_seconds_count", api)] == 2
+    assert got[("http_client_request_errors_total", api)] == 1
+
+
+def measure(processor: KeyMetrics, batch: Batch) -> None:
+    asyncio.run(processor.consume(batch))
+
+
+class Nowhere:
+    async def consume(self, batch: Batch) -> None:
+        pass
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_labels_are_bounded_and_raw_urls_never_become_one() -> None:
+    room = len(SERVER_TABLE.series) + 3  # the tables are process-wide: 3 more label sets
+    processor = KeyMetrics("key_metrics/bounded", KeyMetricsSettings(max_series=room),
+                           Signal.TRACES, Nowhere())  # fmt: skip
+    overflow = value("otelsidecar_key_metrics_overflow_total",
+                     metric="http_server_request_duration_seconds")  # fmt: skip
+    spans = [span(SERVER, 10, http_route=f"/r{n}") for n in range(50)]
+    spans.append(span(SERVER, 10, url_full="https://x/?token=s3cr3t"))  # no route
+    measure(processor, request("bounded", *spans))
+    count = "http_server_request_duration_seconds_count"
+    assert value(count, service="bounded", route="/r0") == 1
+    assert value(count, service="bounded", route="/r3") == 0
+    assert value(count, service="bounded", route="other") == 48  # 47 over the cap, 1 routeless
+    assert value("otelsidecar_key_metrics_overflow_total",
+                 metric="http_server_request_duration_seconds") - overflow == 47  # fmt: skip
+
+
+@pytest.mark.parametrize("distinct", [0, 1, 37, 5000, 60_000])
+def test_distinct_users_are_estimated_in_fixed_memory(distinct: int) -> None:
+    users = Distinct()
+    rng = random.Random(distinct)
+    ids = [f"user-{rng.getrandbits(64)}" for _ in range(distinct)]
+    for user_id in ids + ids[: distinct // 2]:  # seen again: counted once
+        users.add(user_id)
+    assert users.count() == pytest.approx(distinct, rel=0.05, abs=1)
+
+
+def test_active_users_are_the_last_whole_minute_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [600.0]
+    monkeypatch.setattr("collector.processors.key_metrics.time.time", lambda: now[0])
+    processor = KeyMetrics("key_metrics/users", KeyMetricsSettings(), Signal.TRACES, Nowhere())
+    for user in ("u1", "u2", "u2", "u3"):
+        measure(processor, request("users", span(SERVER, 5, http_route="/", enduser_id=user)))
+    assert value("app_active_users", service="users") == 0  # the minute is not over
+    now[0] += 60
+    measure(processor, request("users", span(SERVER, 5, http_route="/", enduser_id="u9")))
+    assert value("app_active_users", service="users") == 3
+    now[0] += 180  # minutes without a request
+    measure(processor, request("other", span(SERVER, 5, http_route="/")))
+    assert value("app_active_users", service="users") == 0
