@@ -15,13 +15,16 @@ is kept on disk instead (:mod:`exporters.storage`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from prometheus_client.core import GaugeMetricFamily, Metric
+
 from collector.component import Refused
 from collector.memory import HELD, MIB
-from collector.telemetry import log
+from collector.telemetry import REGISTRY, log
 from exporters.retry import QueueSettings, WhenFull
 from exporters.storage import Codec, PersistentQueue
 
@@ -37,11 +40,37 @@ def sending_queue(
     codec: Codec[T],
 ) -> SendingQueue[T] | PersistentQueue[T]:
     """The queue ``settings`` ask for: in memory, or on disk with a storage extension."""
+    queue: SendingQueue[T] | PersistentQueue[T]
     if settings.storage == "memory":
-        return SendingQueue(name, settings, deliver, size_of, on_drop)
-    limits = (settings.queue_size, settings.max_size_mib * MIB, settings.refuses)
-    return PersistentQueue(name, Path(settings.directory), limits, deliver, on_drop, codec,
-                           settings.num_consumers)  # fmt: skip
+        queue = SendingQueue(name, settings, deliver, size_of, on_drop)
+    else:
+        limits = (settings.queue_size, settings.max_size_mib * MIB, settings.refuses)
+        queue = PersistentQueue(name, Path(settings.directory), limits, deliver, on_drop, codec,
+                                settings.num_consumers)  # fmt: skip
+    _QUEUES.add(queue)
+    return queue
+
+
+_QUEUES: weakref.WeakSet[SendingQueue[object] | PersistentQueue[object]] = weakref.WeakSet()
+
+
+class _Depths:
+    """Each running queue's depth and capacity, read when /metrics is."""
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily("otelsidecar_exporter_queue_size",
+                                 "Batches waiting in an exporter's sending queue (memory or disk).",
+                                 labels=["exporter"])  # fmt: skip
+        capacity = GaugeMetricFamily("otelsidecar_exporter_queue_capacity",
+                                     "An exporter's queue_size.", labels=["exporter"])  # fmt: skip
+        for queue in [q for q in list(_QUEUES) if q.running]:  # (a reload's old ones are not)
+            size.add_metric([queue.name], queue.depth())
+            capacity.add_metric([queue.name], queue.capacity)
+        yield size
+        yield capacity
+
+
+REGISTRY.register(_Depths())  # type: ignore[arg-type]
 
 
 class SendingQueue(Generic[T]):
@@ -84,6 +113,17 @@ class SendingQueue(Generic[T]):
 
     def empty(self) -> bool:
         return self._queue.empty()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._workers)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def depth(self) -> int:
+        return self._queue.qsize()
 
     def room(self) -> int:
         """Items that can be submitted now within ``queue_size``."""

@@ -132,6 +132,17 @@ class PersistentQueue(Generic[T]):
     def empty(self) -> bool:
         return self._items == 0
 
+    @property
+    def running(self) -> bool:
+        return bool(self._workers)
+
+    @property
+    def capacity(self) -> int:
+        return self._max_items
+
+    def depth(self) -> int:
+        return self._items
+
     async def drain(self) -> None:
         await self._idle.wait()
 
