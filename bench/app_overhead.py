@@ -60,18 +60,21 @@ receivers:
 processors:
   memory_limiter: {limit_mib: 256}
   slow_spans: {}
+  key_metrics: {}
   sampler: {rate: RATE}
   scrubber: {}
   batch: {}
 exporters:
   sentry: {dsn: "DSN", sending_queue: {queue_size: 100000}}
+  file: {path: "METRICS_FILE"}
 service:
   pipelines:
     traces:
       receivers: [otlp]
-      processors: [memory_limiter, slow_spans, sampler, scrubber, batch]
+      processors: [memory_limiter, slow_spans, key_metrics, sampler, scrubber, batch]
       exporters: [sentry]
     logs: {receivers: [otlp], processors: [memory_limiter, scrubber, batch], exporters: [sentry]}
+    metrics: {receivers: [otlp], processors: [memory_limiter, batch], exporters: [file]}
 """
 
 
@@ -155,7 +158,8 @@ async def _serve_sink(conn: Connection) -> None:
 
 def start_sidecar(workdir: Path, dsn: str, rate: str) -> tuple[Process, dict[str, str]]:
     config = workdir / "sidecar.yaml"
-    config.write_text(SIDECAR_CONFIG.replace("DSN", dsn).replace("RATE", rate))
+    config.write_text(SIDECAR_CONFIG.replace("DSN", dsn).replace("RATE", rate)
+                      .replace("METRICS_FILE", str(workdir / "metrics.jsonl")))  # fmt: skip
     sidecar = Process([sys.executable, "-m", "collector", "run", "--config", str(config)],
                       dict(services.os.environ), ROOT).start()  # fmt: skip
     deadline = time.monotonic() + 30

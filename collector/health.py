@@ -44,6 +44,7 @@ from collector.component import Kind
 from collector.http import listen
 from collector.overload import OVERLOAD
 from collector.settings import ConfigError, Duration, Endpoint, setting
+from collector.status_page import render
 from collector.telemetry import REGISTRY, log
 
 HEALTHY, UNHEALTHY = "healthy", "unhealthy"
@@ -127,7 +128,7 @@ class HealthServer:
         app.router.add_get("/health/live", self._live)
         app.router.add_get("/health/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/", self._health)
+        app.router.add_get("/", self._status_page)
         self._runner, self.address = await listen(app, self.settings.endpoint, self.name)
         self._probes = [
             asyncio.create_task(self._probe_loop(name, probe), name=f"health-check-{name}")
@@ -162,6 +163,14 @@ class HealthServer:
             )
         return web.json_response(report, status=200 if report["status"] == HEALTHY else 503,
                                  dumps=_dumps)  # fmt: skip
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        """The status page (:mod:`collector.status_page`) for a person; the JSON is /health."""
+        try:
+            report = await asyncio.wait_for(self._report_from_pipelines(), _REPORT_TIMEOUT_S)
+        except TimeoutError:
+            report = {"status": UNHEALTHY, "components": {}}
+        return web.Response(text=render(report, REGISTRY), content_type="text/html")
 
     async def _report_from_pipelines(self) -> dict[str, Any]:
         assert self._pipelines_loop is not None

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter as Tally
+from collections import deque
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
@@ -80,6 +83,17 @@ def configure_logging(level: str = "info") -> None:
 
 
 log = structlog.get_logger("otel-sidecar")
+
+# For the status page: the last slow-span lines (already scrubbed), and errors by exception
+# type and route (bounded: past MAX_ERROR_KINDS new kinds are not remembered).
+RECENT_SLOW: deque[dict[str, Any]] = deque(maxlen=20)
+ERRORS: Tally[tuple[str, str]] = Tally()
+MAX_ERROR_KINDS = 1000
+
+
+def count_error(kind: str, route: str) -> None:
+    if (kind, route) in ERRORS or len(ERRORS) < MAX_ERROR_KINDS:
+        ERRORS[(kind, route)] += 1
 
 
 class LineBudget:

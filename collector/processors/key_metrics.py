@@ -41,7 +41,7 @@ from collector.component import TRACES, Consumer, Kind, Processor
 from collector.scrubbing import scrub_text
 from collector.settings import setting
 from collector.signals import Signal
-from collector.telemetry import REGISTRY
+from collector.telemetry import REGISTRY, count_error
 
 _SERVER, _CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
 _ERROR = Status.STATUS_CODE_ERROR
@@ -203,6 +203,8 @@ class KeyMetrics(Processor):
             route = found.get("http.route")
             label = _route(route) if isinstance(route, str) and route else OTHER
             SERVER.get(service, label).observe(seconds, failed)
+            if failed:
+                count_error(_error_kind(span, code), label)
             user = found.get("enduser.id")
             if user is not None:
                 self._users_of(service).add(str(user))
@@ -234,6 +236,16 @@ class KeyMetrics(Processor):
         self._published = set(counts)
         self._users.clear()
         self._minute = minute
+
+
+def _error_kind(span: Span, code: object) -> str:
+    """The exception's type when the span recorded one, else the HTTP status."""
+    for event in span.events:
+        if event.name == "exception":
+            kind = first(event.attributes, "exception.type")
+            if kind:
+                return str(kind)
+    return f"HTTP {code}" if code else "error"
 
 
 _WANTED = frozenset({

@@ -29,7 +29,7 @@ from collector.processors.scrubber import Scrubber
 from collector.scrubbing import DEFAULT_RULES, Rules
 from collector.settings import setting
 from collector.signals import Signal
-from collector.telemetry import SLOW, LineBudget, log
+from collector.telemetry import RECENT_SLOW, SLOW, LineBudget, log
 
 _SERVER, _CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
 _MS = 1_000_000  # nanoseconds
@@ -107,7 +107,9 @@ class SlowSpans(Processor):
     def _log(self, describe: Callable[[], dict[str, Any]]) -> None:
         """One line, unless the rate is spent (then counted, and told on the next line)."""
         if self._lines.allow():
-            log.warning(**describe())
+            line = describe()
+            RECENT_SLOW.append(line)  # the status page's list: the lines logged
+            log.warning(**line)
 
     def _request_event(self, span: Span, duration_ns: int) -> dict[str, Any]:
         path = first(span.attributes, "http.route", "url.path", "http.target")
