@@ -15,9 +15,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client.parser import text_string_to_metric_families
 
+from collector.processors.key_metrics import BUCKETS, Distinct, KeyMetrics, KeyMetricsSettings
 from collector.processors.key_metrics import SERVER as SERVER_TABLE
-from collector.processors.key_metrics import Distinct, KeyMetrics, KeyMetricsSettings
 from collector.signals import Batch, Signal
+from collector.status_page import _quantile
 from collector.telemetry import REGISTRY
 from tests.sidecar import Sidecar
 from tests.test_receivers import post
@@ -46,6 +47,20 @@ def request(service: str, *spans: Span) -> ExportTraceServiceRequest:
 
 
 SERVER, CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
+CONFIG = """
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+processors:
+  key_metrics: {}
+  sampler: {rate: 0.0}
+exporters:
+  file: {path: "${OUT}"}
+extensions:
+  health: {endpoint: "127.0.0.1:0"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [key_metrics, sampler], exporters: [file]}
+"""
 
 
 def traffic(service: str) -> ExportTraceServiceRequest:
@@ -73,21 +88,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_the_guide_s_numbers_on_metrics_from_every_span(tmp_path: Path) -> None:
-    config = """
-receivers:
-  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
-processors:
-  key_metrics: {}
-  sampler: {rate: 0.0}
-exporters:
-  file: {path: "${OUT}"}
-extensions:
-  health: {endpoint: "127.0.0.1:0"}
-service:
-  pipelines:
-    traces: {receivers: [otlp], processors: [key_metrics, sampler], exporters: [file]}
-"""
-    with Sidecar(tmp_path, config) as sidecar:
+    with Sidecar(tmp_path, CONFIG) as sidecar:
         assert post(sidecar, "/v1/traces", traffic("shop").SerializeToString())[0] == 200
         url = f"http://{sidecar.endpoints['health']}/metrics"
         with urllib.request.urlopen(url, timeout=10) as answer:
@@ -162,3 +163,49 @@ def test_active_users_are_the_last_whole_minute_s(monkeypatch: pytest.MonkeyPatc
     now[0] += 180  # minutes without a request
     measure(processor, request("other", span(SERVER, 5, http_route="/")))
     assert value("app_active_users", service="users") == 0
+
+
+def test_exact_at_a_1_percent_sample_and_p95_within_a_bucket(tmp_path: Path) -> None:
+    """A known mix at sampler rate 0.01: the counts are exact (every span was measured before
+    sampling), and the P95 read from the buckets lies in the bucket of the true P95."""
+    rng = random.Random(7)
+    durations = [rng.lognormvariate(-2.5, 1.0) * 1000 for _ in range(2000)]  # ms
+    failing = set(rng.sample(range(2000), 37))
+    spans = [
+        span(SERVER, ms, index in failing, http_route="/mix") for index, ms in enumerate(durations)
+    ]
+    config = CONFIG.replace("rate: 0.0", "rate: 0.01")
+    with Sidecar(tmp_path, config) as sidecar:
+        for start in range(0, 2000, 500):
+            body = request("mix", *spans[start : start + 500]).SerializeToString()
+            assert post(sidecar, "/v1/traces", body)[0] == 200
+        url = f"http://{sidecar.endpoints['health']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+    got = samples(text)
+    route = (("route", "/mix"), ("service", "mix"))
+    assert got[("http_server_request_duration_seconds_count", route)] == 2000
+    assert got[("http_server_request_errors_total", route)] == 37
+    buckets = [({"le": dict(labels)["le"]}, value) for (name, labels), value in got.items()
+               if name == "http_server_request_duration_seconds_bucket"
+               and dict(labels).get("route") == "/mix"]  # fmt: skip
+    estimate = _quantile(buckets, 0.95)
+    true = sorted(durations)[int(0.95 * 2000) - 1] / 1000
+    edges = [0.0, *BUCKETS]
+    lower = max(edge for edge in edges if edge < true)
+    upper = min(edge for edge in BUCKETS if edge >= true)
+    assert estimate is not None and lower <= estimate <= upper
+
+
+def test_ten_thousand_raw_urls_make_at_most_the_cap_s_series() -> None:
+    processor = KeyMetrics("key_metrics/raw", KeyMetricsSettings(), Signal.TRACES, Nowhere())
+    before = len(SERVER_TABLE.series)
+    spans = [
+        span(SERVER, 1, url_full=f"https://shop/orders/{n}?session={n}") for n in range(10_000)
+    ]
+    spans += [span(SERVER, 1, http_route=f"/orders/{n}") for n in range(10_000)]  # misused route
+    measure(processor, request("raw", *spans))
+    raw = {key for key in SERVER_TABLE.series if key[0] == "raw"}
+    assert len(raw) <= SERVER_TABLE.limit - before + 1  # the cap, and "other"
+    assert ("raw", "other") in raw
+    assert not any("session" in route or "https" in route for _, route in raw)

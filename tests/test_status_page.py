@@ -4,7 +4,10 @@ and no secret the traffic carried."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import urllib.request
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -64,22 +67,32 @@ def failing_request() -> bytes:
     return request("shop", failed, slow, injected).SerializeToString()
 
 
-def test_the_page_shows_what_metrics_counts_and_no_secret(tmp_path: Path) -> None:
-    with Sidecar(tmp_path, CONFIG) as sidecar:
+@pytest.fixture(scope="module")
+def health(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A sidecar after known traffic: its health port's base URL."""
+    with Sidecar(tmp_path_factory.mktemp("status"), CONFIG) as sidecar:
         for body in (traffic("shop").SerializeToString(), failing_request()):
             assert post(sidecar, "/v1/traces", body)[0] == 200
-        base = f"http://{sidecar.endpoints['health']}"
-        with urllib.request.urlopen(f"{base}/", timeout=10) as answer:
-            assert answer.headers["Content-Type"].startswith("text/html")
-            page = answer.read().decode()
-        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
-            metrics = answer.read().decode()
+        yield f"http://{sidecar.endpoints['health']}"
+
+
+def fetch(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.headers["Content-Type"], answer.read().decode()
+
+
+def accepted(base: str) -> float:
+    metrics = fetch(f"{base}/metrics")[1]
+    return next(s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+                if s.name == "otelsidecar_receiver_accepted_items_total")  # fmt: skip
+
+
+def check_page(page: str, base: str) -> None:
+    """What the page must show after the traffic, whoever rendered it."""
     cells = Cells()
     cells.feed(page)
     rows = {tuple(r[:2]): (kind, r) for kind, r in cells.rows}
-    accepted = next(s.value for f in text_string_to_metric_families(metrics) for s in f.samples
-                    if s.name == "otelsidecar_receiver_accepted_items_total")  # fmt: skip
-    assert rows[("accepted", "otlp_http")][1][3] == f"{accepted:,.0f}" == "18"
+    assert rows[("accepted", "otlp_http")][1][3] == f"{accepted(base):,.0f}" == "18"
     (error_rate,) = [(kind, r) for kind, r in cells.rows if r and r[0] == "Error rate"]
     assert error_rate == ("bad", ["Error rate", "23.08%", "< 1.00%"])  # 3 of 13 requests
     assert [r for _, r in cells.rows if r and r[0] == "ZeroDivisionError"] == [
@@ -87,8 +100,31 @@ def test_the_page_shows_what_metrics_counts_and_no_secret(tmp_path: Path) -> Non
     slow = [r[1] for _, r in cells.rows if len(r) == 4 and r[0] == "slow_request"]
     assert slow[0] == "/lessons/{id}" and "/users/{id}" in slow  # the latest first
     assert "otlp_http" in cells.text and "healthy" in cells.text
-    assert SECRET not in page
-    assert "<script" not in page and "http" not in page.split("<body>")[0].replace("http-equiv", "")
+    assert SECRET not in cells.text
+
+
+def test_the_page_shows_what_metrics_counts_and_no_secret(health: str) -> None:
+    content_type, page = fetch(f"{health}/")
+    assert content_type.startswith("text/html")
+    check_page(page, health)
+    assert SECRET not in page and "<script" not in page  # the injected route came escaped
+    assert "http" not in page.split("<body>")[0].replace("http-equiv", "")  # no external asset
+
+
+def test_the_page_in_a_real_browser(health: str, tmp_path: Path) -> None:
+    """Debian's chromium, headless: the page as a person sees it, and a screenshot of it."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is needed (Debian: apt-get install chromium; .ci/run does)")
+    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400"]  # fmt: skip
+    dom = subprocess.run([*browse, "--dump-dom", f"{health}/"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout  # fmt: skip
+    check_page(dom, health)
+    shot = tmp_path / "status-page.png"
+    subprocess.run([*browse, f"--screenshot={shot}", f"{health}/"], capture_output=True,
+                   timeout=120, check=True)  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(
