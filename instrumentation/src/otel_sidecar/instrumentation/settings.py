@@ -49,7 +49,9 @@ OTEL_DEFAULTS = (
     Setting(
         "OTEL_METRICS_EXPORTER",
         "otlp",
-        "metrics go to the sidecar, which forwards them to OTLP backends (Sentry takes none)",
+        "metrics go to the sidecar, which forwards them to OTLP backends (Sentry takes none); "
+        "`none` saves ~0.5 ms of app CPU a request when the app has no metrics of its own "
+        "(the sidecar's `key_metrics` counts requests from the spans)",
     ),
     Setting(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
