@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from collector.component import Refused
+from collector.memory import HELD
 from collector.processors.batch import BatchProcessor, BatchSettings
 from collector.settings import Duration
 from collector.signals import Batch, Signal, item_count
@@ -165,5 +166,48 @@ def test_with_a_durable_exporter_a_refused_send_refuses_every_request_in_it() ->
         gate.refusal = None
         await batch.consume(trace_request(spans=4))  # and it goes on
         assert [item_count(b) for b in gate.batches] == [4]
+
+    asyncio.run(scenario())
+
+
+def test_held_bytes_come_back_when_batches_leave_whichever_way() -> None:
+    """What a pending batch holds in collector.memory is released once it is sent: gathered
+    to size, on the timer, or sent at once for a durable exporter."""
+
+    async def scenario() -> None:
+        start = HELD.value
+        sized, _ = processor(size=6)
+        for _ in range(3):
+            await sized.consume(trace_request(spans=2))
+        timed, _ = processor(size=1000, timeout=0.01)
+        await timed.consume(trace_request(spans=2))
+        await asyncio.sleep(0.1)
+        waiting, gate = waiting_processor()
+        gate.open.set()
+        await asyncio.gather(*(waiting.consume(trace_request(spans=1)) for _ in range(4)))
+        assert HELD.value == start
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_waits_for_sends_in_flight() -> None:
+    """A send started by the timer, or the durable mode's sender, finishes before shutdown
+    returns: the exporters it feeds are shut down after."""
+
+    async def scenario() -> None:
+        for durable in (False, True):
+            gate = Gate()
+            batch = BatchProcessor("batch", BatchSettings(timeout=Duration(0.01)), Signal.TRACES,
+                                   gate)  # fmt: skip
+            if durable:
+                batch.joined([batch], [Durable()])  # type: ignore[list-item]
+            request = asyncio.create_task(batch.consume(trace_request(spans=3)))
+            await asyncio.sleep(0.05)  # the send has started and waits at the gate
+            stopping = asyncio.create_task(batch.shutdown())
+            await asyncio.sleep(0.05)
+            assert not stopping.done(), durable
+            gate.open.set()
+            await asyncio.gather(request, stopping)
+            assert [item_count(b) for b in gate.batches] == [3], durable
 
     asyncio.run(scenario())
