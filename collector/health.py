@@ -86,6 +86,14 @@ class HealthSettings:
 Components = Callable[[], dict[str, dict[str, str]]]
 
 
+# The page loads nothing and may not be framed.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
 class HealthServer:
     """Serves the probes; ``components`` is asked for the sidecar's own parts on each /health."""
 
@@ -165,12 +173,19 @@ class HealthServer:
                                  dumps=_dumps)  # fmt: skip
 
     async def _status_page(self, request: web.Request) -> web.Response:
-        """The status page (:mod:`collector.status_page`) for a person; the JSON is /health."""
+        """The status page (:mod:`collector.status_page`) for a person; the JSON is /health.
+        Rendered on the pipelines' loop, where what it reads is written."""
+        assert self._pipelines_loop is not None
+
+        async def page() -> str:
+            return render(self.report(), REGISTRY)
+
+        future = asyncio.run_coroutine_threadsafe(page(), self._pipelines_loop)
         try:
-            report = await asyncio.wait_for(self._report_from_pipelines(), _REPORT_TIMEOUT_S)
+            text = await asyncio.wait_for(asyncio.wrap_future(future), _REPORT_TIMEOUT_S)
         except TimeoutError:
-            report = {"status": UNHEALTHY, "components": {}}
-        return web.Response(text=render(report, REGISTRY), content_type="text/html")
+            text = render({"status": UNHEALTHY, "components": {}}, REGISTRY)
+        return web.Response(text=text, content_type="text/html", headers=_PAGE_HEADERS)
 
     async def _report_from_pipelines(self) -> dict[str, Any]:
         assert self._pipelines_loop is not None

@@ -161,17 +161,27 @@ def _validate_metrics(batch: ExportMetricsServiceRequest) -> int:
     count = 0
     for rm in batch.resource_metrics:
         _bounded(rm.resource.attributes, "resource")
-        for metric in (m for sm in rm.scope_metrics for m in sm.metrics):
-            points = data_points(metric)
-            for point in points:
-                _bounded(point.attributes, "data point")
-                for exemplar in point.exemplars:
-                    if len(exemplar.trace_id) not in (0, 16) or len(exemplar.span_id) not in (0, 8):
-                        raise InvalidBatch(
-                            "exemplar with invalid ids: trace_id must be 16 bytes, span_id 8 bytes"
-                        )
-            count += len(points)
+        for sm in rm.scope_metrics:
+            _bounded(sm.scope.attributes, "scope")
+            for metric in sm.metrics:
+                _bounded(metric.metadata, "metric")
+                points = data_points(metric)
+                for point in points:
+                    _bounded(point.attributes, "data point")
+                    for exemplar in exemplars(point):
+                        _bounded(exemplar.filtered_attributes, "exemplar")
+                        if len(exemplar.trace_id) not in (0, 16) or len(exemplar.span_id) not in (
+                            0, 8,
+                        ):  # fmt: skip
+                            raise InvalidBatch("exemplar with invalid ids: trace_id must be 16 "
+                                               "bytes, span_id 8 bytes")  # fmt: skip
+                count += len(points)
     return count
+
+
+def exemplars(point: Any) -> Sequence[Any]:
+    """A data point's exemplars; a summary's points have none."""
+    return point.exemplars if "exemplars" in point.DESCRIPTOR.fields_by_name else ()
 
 
 def _bounded(attributes: Sized, what: str) -> None:

@@ -38,9 +38,7 @@ def render(report: dict[str, Any], registry: CollectorRegistry) -> str:
     status = report.get("status", "unknown")
     components = [[name, c.get("status", ""), c.get("message", "")]
                   for name, c in sorted(report.get("components", {}).items())]  # fmt: skip
-    # Routes and database systems only: no user, no statement (raw values stay off the page).
-    slow = [[s.get("event", ""), s.get("path") or s.get("db_system") or "",
-             s.get("duration_ms", ""), s.get("trace_id", "")]
+    slow = [[s["event"], s["where"], s["duration_ms"], s["trace_id"]]
             for s in reversed(RECENT_SLOW)]  # fmt: skip
     errors = [[kind, route, count] for (kind, route), count in ERRORS.most_common(10)]
     sections = [

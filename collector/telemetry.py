@@ -120,6 +120,15 @@ class LineBudget:
         self.flush()
         return True
 
+    def skip(self, lines: int) -> bool:
+        """When no line may be written now: count ``lines`` as skipped and say True (the
+        caller need not build them)."""
+        now = time.monotonic()
+        if self._tokens + (now - self._at) * self._rate >= 1:
+            return False
+        self._skipped += lines
+        return True
+
     def flush(self) -> None:
         """Tell how many lines were skipped since the last time, if any were."""
         if self._skipped:

@@ -69,7 +69,7 @@ class DebugExporter:
             self._write(
                 {"signal": signal.value, "resources": _resources(batch), signal.items: count}
             )
-        else:
+        elif not self._lines.skip(count):  # spent: no copy, no scrub, just the count
             scrubbed = type(batch)()
             scrubbed.CopyFrom(batch)  # exporters must not change the batch they are given
             DEFAULT_RULES.scrub_batch(scrubbed)

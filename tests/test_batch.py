@@ -211,3 +211,35 @@ def test_shutdown_waits_for_sends_in_flight() -> None:
             assert [item_count(b) for b in gate.batches] == [3], durable
 
     asyncio.run(scenario())
+
+
+def test_waiting_groups_are_capped_errors_reach_their_requests_and_a_cancel_refuses() -> None:
+    async def scenario() -> None:
+        start = HELD.value
+        batch, gate = waiting_processor()
+        batch._settings = BatchSettings(timeout=Duration(60), send_batch_size=3)
+        first = asyncio.create_task(batch.consume(trace_request(spans=1)))
+        await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(batch.consume(trace_request(spans=1))) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        gate.open.set()
+        await asyncio.gather(first, *rest)
+        assert [item_count(b) for b in gate.batches] == [1, 3, 1]  # no group past the size
+
+        gate.refusal = RuntimeError("a bug downstream")  # type: ignore[assignment]
+        with pytest.raises(RuntimeError):
+            await batch.consume(trace_request(spans=1))
+        gate.refusal = None
+        await batch.consume(trace_request(spans=2))  # the sender goes on
+        assert [item_count(b) for b in gate.batches][-1] == 2
+
+        gate.open.clear()
+        waiting = [asyncio.create_task(batch.consume(trace_request(spans=1))) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert batch._sender is not None
+        batch._sender.cancel()  # what the grace period's end does to a shutdown in progress
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(r, Refused) and r.reason == "shutdown" for r in results)
+        assert HELD.value == start
+
+    asyncio.run(scenario())

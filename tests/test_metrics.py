@@ -170,3 +170,16 @@ def test_sentry_in_a_metrics_pipeline_is_a_config_error() -> None:
     assert str(raised.value) == (
         "service.pipelines.metrics.exporters[0]: 'sentry' does not handle metrics"
     )
+
+
+def test_a_summary_is_taken_and_scrubbed(tmp_path: Path) -> None:
+    """Summary points have no exemplars: validation and scrubbing must not expect them."""
+    request = ExportMetricsServiceRequest()
+    metric = request.resource_metrics.add().scope_metrics.add().metrics.add(name="latency")
+    point = metric.summary.data_points.add(count=3, sum=1.5)
+    point.attributes.add(key="api_key").value.string_value = SECRET
+    with Sidecar(tmp_path, FILE_ONLY) as sidecar:
+        assert post(sidecar, "/v1/metrics", request.SerializeToString())[0] == 200
+        assert sidecar.stop() == 0
+    written = sidecar.output.read_text()
+    assert '"summary"' in written and SECRET not in written and "[Filtered]" in written

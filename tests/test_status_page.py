@@ -78,6 +78,9 @@ def health(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def fetch(url: str) -> tuple[str, str]:
     with urllib.request.urlopen(url, timeout=10) as answer:
+        if url.endswith("/"):  # the page loads nothing from anywhere and may not be framed
+            assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'")
+            assert answer.headers["X-Frame-Options"] == "DENY"
         return answer.headers["Content-Type"], answer.read().decode()
 
 

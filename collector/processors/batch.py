@@ -16,6 +16,7 @@ no latency and a sequential client is not held ``timeout`` per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,8 +75,12 @@ class BatchProcessor(Processor):
                 raise
 
     async def _join_next_send(self, batch: Batch, count: int) -> None:
-        """Add the items to the pending batch and return once it was sent (raise its refusal).
-        One sender at a time: what arrives meanwhile is sent right after, together."""
+        """Add the items to the pending batch and return once it was sent (raise what its send
+        raised). One sender at a time: what arrives meanwhile is sent right after, together,
+        up to ``send_batch_size``; beyond, a request waits to join the group after."""
+        while self._pending is not None and self._pending_items >= self._settings.send_batch_size:
+            with contextlib.suppress(Exception):  # that group's outcome is its requests' own
+                await asyncio.shield(self._sent)  # type: ignore[arg-type]
         if self._pending is None:
             self._pending = self.signal.request_type()
             self._sent = asyncio.get_running_loop().create_future()
@@ -91,17 +96,22 @@ class BatchProcessor(Processor):
         await asyncio.shield(sent)  # a client that goes away leaves the others' send alone
 
     async def _send_while_pending(self) -> None:
-        while self._pending is not None:
-            sent, self._sent = self._sent, None
-            try:
-                await self._send()
-            except Refused as refusal:  # every request in it is refused: none was answered
-                if sent is not None:
-                    sent.set_exception(refusal)
-                    sent.exception()  # retrieved: its requests raise it
-                continue
-            if sent is not None:
-                sent.set_result(None)
+        sent: asyncio.Future[None] | None = None
+        try:
+            while self._pending is not None:
+                sent, self._sent = self._sent, None
+                try:
+                    await self._send()
+                except Exception as error:  # a refusal, or a bug downstream: none answered yet
+                    _settle(sent, error)
+                    continue
+                _settle(sent, None)
+        except asyncio.CancelledError:  # the grace period ended: what waits is refused
+            _settle(sent, Refused("shutdown"))
+            _settle(self._sent, Refused("shutdown"))
+            HELD.release(self._pending_bytes)
+            self._pending, self._sent, self._pending_items, self._pending_bytes = None, None, 0, 0
+            raise
 
     async def shutdown(self) -> None:
         """Send what is pending and wait for sends started by the timer (or the sender)."""
@@ -138,6 +148,17 @@ class BatchProcessor(Processor):
             await self._send()
         except Refused as refusal:
             self.drops(refusal.reason).inc(items)
+
+
+def _settle(sent: asyncio.Future[None] | None, error: BaseException | None) -> None:
+    """Tell a group's waiting requests how its send went."""
+    if sent is None or sent.done():
+        return
+    if error is None:
+        sent.set_result(None)
+    else:
+        sent.set_exception(error)
+        sent.exception()  # retrieved: its requests raise it
 
 
 KIND = Kind(BatchSettings, BatchProcessor)  # registered as an entry point (pyproject.toml)

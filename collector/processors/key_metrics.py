@@ -15,11 +15,14 @@ Bucket edges sit on the guide's thresholds (100 ms for queries, 500 ms and 1 s f
 "P95 under 500 ms" and "slow: over 1 s" read exactly from the buckets. Label values are bounded:
 at most ``max_series`` per metric, then ``other`` (counted on
 ``otelsidecar_key_metrics_overflow_total``). Per span only the kind, duration and status are
-read; attributes only for SERVER and CLIENT spans.
+read; attributes only for SERVER and CLIENT spans. The counts are process-wide (they go on
+across config reloads): put ``key_metrics`` in one traces pipeline, or spans fed to two are
+counted twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -100,6 +103,8 @@ SERVER = Table("http_server_request", "route", "Requests the app served (SERVER 
 DATABASE = Table("db_client_operation", "db_system", "Database calls (CLIENT spans with db.system)")
 OUTGOING = Table("http_client_request", "host", "Outgoing HTTP calls (CLIENT spans), by host")
 TABLES = (SERVER, DATABASE, OUTGOING)
+MAX_SERVICES = 100  # distinct service.name labels; later ones count as "other"
+_SERVICES: set[str] = set()
 
 
 class _Exposition:
@@ -187,7 +192,7 @@ class KeyMetrics(Processor):
     def measure(self, batch: ExportTraceServiceRequest) -> None:
         self._turn_minute()
         for resource_spans in batch.resource_spans:
-            service = str(first(resource_spans.resource.attributes, "service.name") or "unknown")
+            service = self._service(first(resource_spans.resource.attributes, "service.name"))
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     kind = span.kind
@@ -201,7 +206,7 @@ class KeyMetrics(Processor):
         failed = span.status.code == _ERROR or (isinstance(code, int) and code >= 500)
         if kind == _SERVER:
             route = found.get("http.route")
-            label = _route(route) if isinstance(route, str) and route else OTHER
+            label = _label(route) if isinstance(route, str) and route else OTHER
             SERVER.get(service, label).observe(seconds, failed)
             if failed:
                 count_error(_error_kind(span, code), label)
@@ -211,10 +216,19 @@ class KeyMetrics(Processor):
             return
         system = found.get("db.system.name") or found.get("db.system")
         if system is not None:
-            DATABASE.get(service, str(system)).observe(seconds, span.status.code == _ERROR)
+            DATABASE.get(service, _label(str(system))).observe(seconds, span.status.code == _ERROR)
         elif "http.request.method" in found or "http.method" in found:
             host = found.get("server.address") or found.get("net.peer.name") or OTHER
-            OUTGOING.get(service, str(host)).observe(seconds, failed)
+            OUTGOING.get(service, _label(str(host))).observe(seconds, failed)
+
+    def _service(self, name: object) -> str:
+        """The service label: at most MAX_SERVICES names (the resource is the client's say)."""
+        label = _label(str(name)) if name else "unknown"
+        if label not in _SERVICES:
+            if len(_SERVICES) >= MAX_SERVICES:
+                return OTHER
+            _SERVICES.add(label)
+        return label
 
     def _users_of(self, service: str) -> Distinct:
         users = self._users.get(service)
@@ -229,8 +243,9 @@ class KeyMetrics(Processor):
             return
         last_whole = minute == self._minute + 1  # else no request came for a minute or more
         counts = {s: users.count() if last_whole else 0 for s, users in self._users.items()}
-        for service in self._published - counts.keys():
-            counts[service] = 0
+        for service in self._published - counts.keys():  # no users this time: no series
+            with contextlib.suppress(KeyError):
+                _ACTIVE_USERS.remove(service)
         for service, count in counts.items():
             _ACTIVE_USERS.labels(service).set(count)
         self._published = set(counts)
@@ -244,7 +259,7 @@ def _error_kind(span: Span, code: object) -> str:
         if event.name == "exception":
             kind = first(event.attributes, "exception.type")
             if kind:
-                return str(kind)
+                return _label(str(kind))
     return f"HTTP {code}" if code else "error"
 
 
@@ -261,8 +276,10 @@ def _read(attributes: Iterable[KeyValue]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=4096)
-def _route(route: str) -> str:
-    return scrub_text(route)  # a template, normally; a secret in one must not become a label
+def _label(value: str) -> str:
+    """A label value as it may be shown: scrubbed (a route is a template, normally, but a
+    secret in one must not become a label), at most 256 characters."""
+    return scrub_text(value)[:256]
 
 
 KIND = Kind(KeyMetricsSettings, KeyMetrics, TRACES)  # registered as an entry point (pyproject.toml)

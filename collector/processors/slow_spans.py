@@ -98,18 +98,30 @@ class SlowSpans(Processor):
             return 0
         if not has(attributes, "slow"):
             attributes.add(key="slow").value.bool_value = True
-        self._log(lambda: describe(span, duration_ns))
+        self._log(lambda: describe(span, duration_ns), lambda: self._page_entry(span, duration_ns))
         return 1
 
     async def shutdown(self) -> None:
         self._lines.flush()  # how many lines were left out since the last one
 
-    def _log(self, describe: Callable[[], dict[str, Any]]) -> None:
+    def _log(
+        self, describe: Callable[[], dict[str, Any]], entry: Callable[[], dict[str, Any]]
+    ) -> None:
         """One line, unless the rate is spent (then counted, and told on the next line)."""
         if self._lines.allow():
-            line = describe()
-            RECENT_SLOW.append(line)  # the status page's list: the lines logged
-            log.warning(**line)
+            log.warning(**describe())
+            RECENT_SLOW.append(entry())  # the status page's list: of the lines logged
+
+    def _page_entry(self, span: Span, duration_ns: int) -> dict[str, Any]:
+        """For the status page: a route template or a database system, never a raw path,
+        statement or user."""
+        where = first(span.attributes, "http.route", "db.system.name", "db.system")
+        return {
+            "event": "slow_request" if span.kind == _SERVER else "slow_query",
+            "where": self._scrubbed(where) if isinstance(where, str) else "",
+            "duration_ms": round(duration_ns / _MS, 2),
+            "trace_id": span.trace_id.hex(),
+        }
 
     def _request_event(self, span: Span, duration_ns: int) -> dict[str, Any]:
         path = first(span.attributes, "http.route", "url.path", "http.target")

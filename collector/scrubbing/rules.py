@@ -32,7 +32,7 @@ from collector.scrubbing.text import (
     scan,
     sql_literals,
 )
-from collector.signals import Batch, data_points
+from collector.signals import Batch, data_points, exemplars
 
 # What to do with an attribute, decided once per key: (action, rule index).
 _SCAN, _SQL, _FILTER, _DROP, _JSON = range(5)
@@ -155,7 +155,7 @@ class Rules:
         self._attributes(metric.metadata, counts)
         for point in data_points(metric):
             self._attributes(point.attributes, counts)
-            for exemplar in point.exemplars:
+            for exemplar in exemplars(point):
                 self._attributes(exemplar.filtered_attributes, counts)
 
     def _attributes(self, attributes: list[KeyValue], counts: list[int]) -> None:
