@@ -212,3 +212,40 @@ def test_ten_thousand_raw_urls_make_at_most_the_cap_s_series() -> None:
     assert len(raw) <= max(0, SERVER_TABLE.limit - before) + 1  # the cap's room, and "other"
     assert (service, "other") in raw
     assert not any("session" in route or "https" in route for _, route in raw)
+
+
+def test_error_kinds_services_and_client_calls_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.processors import key_metrics as module
+    from collector.telemetry import ERRORS
+
+    room = KeyMetricsSettings(max_series=100_000)  # whatever other tests filled
+    processor = KeyMetrics("key_metrics/kinds", room, Signal.TRACES, Nowhere())
+    service = f"kinds-{os.urandom(4).hex()}"
+    failed = span(SERVER, 5, True, http_route="/pay")
+    failed.events.add(name="exception").attributes.add(
+        key="exception.type"
+    ).value.string_value = "KeyError"
+    five_hundred = span(SERVER, 5, http_route="/pay", **{"http.response.status_code": 502})
+    calls = [span(CLIENT, 20, http_method="POST", net_peer_name="ai.example"),
+             span(CLIENT, 20, True, db_system_name="sqlite"),
+             span(CLIENT, 20)]  # neither a query nor an HTTP call: not counted  # fmt: skip
+    before = {kind: ERRORS[(kind, "/pay")] for kind in ("KeyError", "HTTP 502")}
+    measure(processor, request(service, failed, five_hundred, *calls))
+    assert ERRORS[("KeyError", "/pay")] - before["KeyError"] == 1
+    assert ERRORS[("HTTP 502", "/pay")] - before["HTTP 502"] == 1
+    count = "http_server_request_duration_seconds_count"
+    assert value(count, service=service, route="/pay") == 2
+    assert value("http_server_request_errors_total", service=service, route="/pay") == 2
+    assert value("http_client_request_duration_seconds_count", service=service,
+                 host="ai.example") == 1  # fmt: skip
+    assert value("db_client_operation_errors_total", service=service, db_system="sqlite") == 1
+    assert value("http_server_request_duration_seconds_sum", service=service,
+                 route="/pay") == pytest.approx(0.01)  # fmt: skip
+    assert value("http_server_request_duration_seconds_bucket", service=service, route="/pay",
+                 le="0.005") == 2  # fmt: skip
+
+    monkeypatch.setattr(module, "_SERVICES", set())
+    monkeypatch.setattr(module, "MAX_SERVICES", 1)
+    assert processor._service("first") == "first"
+    assert processor._service("second") == "other"  # past the cap
+    assert processor._service(None) == "other" and processor._service("first") == "first"
