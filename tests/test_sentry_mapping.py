@@ -3,11 +3,12 @@ conventions, transaction names, log levels."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from exporters.sentry import errors, filtering, logs, mapping
+from exporters.sentry import envelope, errors, filtering, logs, mapping
 from exporters.sentry.records import CLIENT, CONSUMER, SERVER, Event, LogRecord, SpanRecord
 
 INTERNAL = 1
@@ -150,7 +151,7 @@ def test_structured_log_body_keys_become_attributes() -> None:
         {"service.name": "api"},
         "app.api",
     )
-    item = logs.log_item(record, mapping.Defaults("prod", "1.0", "0.1.0"))
+    item = logs.log_items([record], mapping.Defaults("prod", "1.0", "0.1.0"))[0]
     assert item["body"] == "code_execution_completed"
     assert item["attributes"]["user_id"] == {"value": 7, "type": "integer"}
     assert item["attributes"]["success"] == {"value": True, "type": "boolean"}
@@ -174,7 +175,7 @@ def test_request_header_names_as_http_writes_them() -> None:
 def test_an_exception_log_item_leaves_the_frames_to_its_error_event() -> None:
     attributes = {"exception.type": "E", "otel_sidecar.exception.chain": "[]", "n": 1}
     record = LogRecord(None, None, 1, 17, "ERROR", "failed", attributes, {}, "app")
-    item = logs.log_item(record, mapping.Defaults("", "", "1"))
+    item = logs.log_items([record], mapping.Defaults("", "", "1"))[0]
     assert "otel_sidecar.exception.chain" not in item["attributes"]
     assert item["attributes"]["exception.type"] == {"value": "E", "type": "string"}
 
@@ -259,10 +260,37 @@ def test_log_breadcrumbs_carry_the_apps_keys_as_data() -> None:
 
 def test_log_items_carry_what_sentry_sdk_gives_its_own() -> None:
     record = LogRecord(None, None, 1, 13, "WARNING", "low", {"thread.name": "T"}, RESOURCE, "a")
-    attributes = logs.log_item(record, mapping.Defaults("", "", "0.1"))["attributes"]
+    attributes = logs.log_items([record], mapping.Defaults("", "", "0.1"))[0]["attributes"]
     values = {key: attribute["value"] for key, attribute in attributes.items()}
     assert values["sentry.severity_text"] == "warn"  # lower-case, as sentry-sdk's
     assert values["server.address"] == "api-7d9f-x2"
     assert values["process.runtime.name"] == "CPython"
     assert values["process.runtime.version"] == "3.11.7"
     assert values["thread.name"] == "T"
+
+
+def test_log_items_of_one_batch_keep_their_own_resource_and_scope() -> None:
+    """What a resource and scope decide is typed once per pair, never lent to another's
+    records; the sidecar's own names override a record's attribute of the same name."""
+    api, worker = {"service.name": "api"}, {"service.name": "worker"}
+    records = [
+        LogRecord(None, None, 1, 9, "INFO", "a", {"logger.name": "mine"}, api, "app.http"),
+        LogRecord(None, None, 2, 9, "INFO", "b", {}, api, "app.db"),
+        LogRecord(None, None, 3, 9, "INFO", "c", {"sentry.sdk.name": "x"}, worker, ""),
+    ]
+    items = logs.log_items(records, mapping.Defaults("", "", "1"))
+    values = [{key: value["value"] for key, value in i["attributes"].items()} for i in items]
+    assert [v["service.name"] for v in values] == ["api", "api", "worker"]
+    assert [v.get("logger.name") for v in values] == ["app.http", "app.db", None]
+    assert values[2]["sentry.sdk.name"] == "otel-sidecar"
+
+
+def test_envelope_json_is_utf8_and_keeps_what_ascii_escapes_would() -> None:
+    """Items are encoded as UTF-8; a lone surrogate (not encodable) stays a JSON escape, and
+    a NaN is refused as sentry-sdk refuses it (the mapping turns them into text first)."""
+    value = {"body": "café ☃", "odd": "a\udc80b", "n": [1, 2.5, None, True]}
+    raw = envelope.json_payload(value).get_bytes()
+    assert "café ☃".encode() in raw and b"\\udc80" in raw
+    assert json.loads(raw) == value
+    with pytest.raises(ValueError):
+        envelope.json_payload({"x": float("nan")})

@@ -58,3 +58,24 @@ def test_a_flood_of_orphans_is_bounded_in_bytes_and_loses_nothing() -> None:
     left = [span.span_id for group in out + buffer.flush_all() for span in group.spans]
     assert sorted(left) == sorted(span.span_id for span in spans)
     assert HELD.value == before
+
+
+def test_due_takes_what_has_settled_or_gone_quiet_and_nothing_else() -> None:
+    """A tick finds its work at the front of the buffer's order: segments by arrival, quiet
+    traces by last sight. A trace seen again moves back; its segment still settles."""
+    buffer = TraceBuffer(2.0, 30.0, max_traces=100, max_spans=100, max_bytes=10 * 1024 * KB)
+    roots = [next(iter(spans_of(trace_request(spans=1)))) for _ in range(3)]
+    orphan = orphans(1, 10)
+    buffer.add_spans(orphan, now=0.0)
+    buffer.add_spans([roots[0]], now=1.0)
+    buffer.add_spans([roots[1]], now=2.0)
+    buffer.add_logs([log_of(orphan[0].trace_id, 10)], now=5.0)  # the orphan's trace, seen again
+    buffer.add_spans([roots[2]], now=20.0)
+    assert buffer.due(now=2.5) == []
+    assert [g.segment.span_id for g in buffer.due(now=3.0)] == [roots[0].span_id]
+    assert [g.segment.span_id for g in buffer.due(now=4.0)] == [roots[1].span_id]
+    assert [g.segment.span_id for g in buffer.due(now=34.9)] == [roots[2].span_id]
+    assert len(buffer) == 2  # the first two roots' traces went quiet at 31 and 32
+    (quiet,) = buffer.due(now=35.0)
+    assert [span.span_id for span in quiet.spans] == [orphan[0].span_id]
+    assert len(buffer) == 1

@@ -419,10 +419,10 @@ def test_an_exception_escaping_nested_spans_is_one_error(sink: SentrySink) -> No
 
 
 def test_an_oversized_error_sheds_its_variables_and_still_leaves(sink: SentrySink) -> None:
-    """Sentry refuses events over 1 MiB: 300,000 CJK characters in variables are 1.8 MB as
-    JSON; the event leaves without them, frames intact."""
+    """Sentry refuses events over 1 MiB: 400,000 CJK characters in variables are 1.2 MB as
+    UTF-8 JSON; the event leaves without them, frames intact."""
     frame = {"function": "f", "filename": "app.py", "lineno": 3, "in_app": True,
-             "context_line": "    boom()", "vars": {"text": "字" * 300_000}}  # fmt: skip
+             "context_line": "    boom()", "vars": {"text": "字" * 400_000}}  # fmt: skip
     chain = json.dumps([{"type": "E", "value": "v", "frames": [frame]}], ensure_ascii=False)
     trace = Trace()
     root = trace.span("GET /x", kind=Span.SPAN_KIND_SERVER, error=True)

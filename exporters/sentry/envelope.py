@@ -7,6 +7,7 @@ One transaction or error event per envelope; logs in ``log`` items of at most 10
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,18 @@ LOG_CONTENT_TYPE = "application/vnd.sentry.items.log+json"
 _CATEGORIES = {
     "event": "error", "transaction": "transaction", "log": "log_item", "sessions": "session",
 }  # fmt: skip
+
+
+# As sentry-sdk's own JSON (compact, no NaN), but UTF-8 rather than ASCII escapes and no
+# circularity check (the mapping builds trees): log items encode ~30 % faster.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, check_circular=False, allow_nan=False, separators=(",", ":")
+)
+
+
+def json_payload(value: Any) -> PayloadRef:
+    # backslashreplace: a lone surrogate becomes the JSON escape ensure_ascii would have written
+    return PayloadRef(bytes=_ENCODER.encode(value).encode("utf-8", "backslashreplace"))
 
 
 def category(item: Item) -> str:
@@ -98,7 +111,7 @@ def event_envelope(event: dict[str, Any], dsn: str, trace: dict[str, str] | None
     headers: dict[str, Any] = {"event_id": event["event_id"], "dsn": dsn}
     if trace:
         headers["trace"] = trace
-    return Outgoing(headers, [Item(payload=PayloadRef(json=event), type=kind)])
+    return Outgoing(headers, [Item(payload=json_payload(event), type=kind)])
 
 
 def log_envelopes(items: list[dict[str, Any]], dsn: str) -> list[Outgoing]:
@@ -110,7 +123,7 @@ def log_envelopes(items: list[dict[str, Any]], dsn: str) -> list[Outgoing]:
 
 def _log_item(logs: list[dict[str, Any]]) -> Item:
     return Item(
-        payload=PayloadRef(json={"items": logs}),
+        payload=json_payload({"items": logs}),
         type="log",
         content_type=LOG_CONTENT_TYPE,
         headers={"item_count": len(logs)},
@@ -120,8 +133,8 @@ def _log_item(logs: list[dict[str, Any]]) -> Item:
 def client_report(discarded: Mapping[tuple[str, str], int]) -> Item:
     """What was dropped, as sentry-python reports it: (reason, category, quantity)."""
     return Item(
-        payload=PayloadRef(
-            json={
+        payload=json_payload(
+            {
                 "timestamp": datetime.now(UTC).timestamp(),
                 "discarded_events": [
                     {"reason": reason, "category": cat, "quantity": count}

@@ -198,7 +198,7 @@ class SentryExporter:
     # --- logs --------------------------------------------------------------------------------
 
     def _take_logs(self, records: list[LogRecord], now: float) -> None:
-        items = [logs.log_item(record, self._defaults) for record in records]
+        items = logs.log_items(records, self._defaults)
         for outgoing in envelope.log_envelopes(items, self.settings.dsn):
             self._submit(outgoing)
         traced = [r for r in records if r.trace_id and not logs.is_exception_log(r)]

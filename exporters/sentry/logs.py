@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from collector.attributes import EXCEPTION_CHAIN
@@ -43,33 +44,53 @@ def log_attributes(record: LogRecord) -> dict[str, Any]:
     return attributes
 
 
-def log_item(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
-    """One entry of a Sentry ``log`` envelope item, with the attributes sentry-sdk gives its
-    own (lower-case severity, runtime, ``server.address``)."""
-    attributes = log_attributes(record)
+def log_items(records: Iterable[LogRecord], defaults: Defaults) -> list[dict[str, Any]]:
+    """Entries of a Sentry ``log`` envelope item, with the attributes sentry-sdk gives its own
+    (lower-case severity, runtime, ``server.address``). What comes from the resource and scope
+    is typed once for all their records."""
+    shared: dict[tuple[int, str], dict[str, Any]] = {}
+    items = []
+    for record in records:
+        key = (id(record.resource), record.scope)  # the records keep their resources alive
+        common = shared.get(key)
+        if common is None:
+            common = shared[key] = _source_attributes(record, defaults)
+        items.append(_log_item(record, common))
+    return items
+
+
+def _source_attributes(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
+    """The attributes a record's resource and scope decide: typed, or None where they remove
+    the record's own attribute of that name."""
     environment, release = defaults.environment_release(record.resource)
     runtime = resource_contexts(record.resource).get("runtime", {})
-    attributes.update(
-        {
-            "sentry.environment": environment,
-            "sentry.release": release,
-            "sentry.severity_number": record.severity_number or None,
-            "sentry.severity_text": log_level(record),
-            "sentry.origin": "auto.log.otel",
-            "sentry.sdk.name": "otel-sidecar",
-            "sentry.sdk.version": defaults.sdk_version,
-            "service.name": record.resource.get("service.name"),
-            "server.address": record.resource.get("host.name"),
-            "process.runtime.name": runtime.get("name"),
-            "process.runtime.version": runtime.get("version"),
-            "logger.name": record.scope or None,
-        }
-    )
+    source = {
+        "sentry.environment": environment,
+        "sentry.release": release,
+        "sentry.origin": "auto.log.otel",
+        "sentry.sdk.name": "otel-sidecar",
+        "sentry.sdk.version": defaults.sdk_version,
+        "service.name": record.resource.get("service.name"),
+        "server.address": record.resource.get("host.name"),
+        "process.runtime.name": runtime.get("name"),
+        "process.runtime.version": runtime.get("version"),
+        "logger.name": record.scope or None,
+    }
+    return {k: None if v is None else _typed(v) for k, v in source.items()}
+
+
+def _log_item(record: LogRecord, common: dict[str, Any]) -> dict[str, Any]:
+    level = log_level(record)
+    attributes = log_attributes(record)
+    attributes["sentry.severity_number"] = record.severity_number or None
+    attributes["sentry.severity_text"] = level
+    typed = {k: _typed(v) for k, v in attributes.items() if v is not None and k not in common}
+    typed.update((k, v) for k, v in common.items() if v is not None)
     item: dict[str, Any] = {
         "timestamp": record.time_ns / NS,
-        "level": log_level(record),
+        "level": level,
         "body": log_body(record),
-        "attributes": {k: _typed(v) for k, v in attributes.items() if v is not None},
+        "attributes": typed,
     }
     if record.trace_id:
         item["trace_id"] = record.trace_id

@@ -59,6 +59,8 @@ class TraceBuffer:
         self.span_count = 0
         self.bytes = 0
         self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently seen first
+        # (trace id, segment id) -> arrival, in arrival order: the next to settle comes first
+        self._settling: dict[tuple[str, str], float] = {}
 
     def __len__(self) -> int:
         return len(self._traces)
@@ -82,6 +84,7 @@ class TraceBuffer:
             trace.spans[span.span_id] = span
             if span.is_segment:
                 trace.segment_arrivals[span.span_id] = now
+                self._settling[span.trace_id, span.span_id] = now
         out.extend(self._enforce_bounds())
         return out
 
@@ -109,19 +112,24 @@ class TraceBuffer:
         return out
 
     def due(self, now: float) -> list[Group]:
-        """Segments that have settled, and traces quiet for ``max_wait_s``."""
+        """Traces quiet for ``max_wait_s``, and segments that have settled. Both are found
+        from the front of an ordered index (least recently seen, earliest arrival), so a
+        tick costs what is due, not what is buffered."""
         out: list[Group] = []
-        for trace_id in list(self._traces):
+        while self._traces:
+            trace_id, trace = next(iter(self._traces.items()))
+            if now - trace.last_seen < self.max_wait_s:
+                break
+            out.extend(self._flush(trace_id))
+        settled: dict[str, list[str]] = {}
+        for (trace_id, segment_id), arrival in self._settling.items():
+            if now - arrival < self.settle_s:
+                break
+            settled.setdefault(trace_id, []).append(segment_id)
+        for trace_id, segment_ids in settled.items():
             trace = self._traces[trace_id]
-            if now - trace.last_seen >= self.max_wait_s:
-                out.extend(self._flush(trace_id))
-                continue
-            settled = [
-                sid for sid, at in trace.segment_arrivals.items() if now - at >= self.settle_s
-            ]
-            if settled:
-                children = _children(trace)
-                out.extend(self._take_segment(trace, sid, children) for sid in settled)
+            children = _children(trace)
+            out.extend(self._take_segment(trace, sid, children) for sid in segment_ids)
         return out
 
     def flush_all(self) -> list[Group]:
@@ -143,7 +151,9 @@ class TraceBuffer:
         self, trace: _Trace, segment_id: str, children: dict[str, list[SpanRecord]]
     ) -> Group:
         del trace.segment_arrivals[segment_id]
-        return self._take(trace, trace.spans[segment_id], children, segment=True)
+        segment = trace.spans[segment_id]
+        del self._settling[segment.trace_id, segment_id]
+        return self._take(trace, segment, children, segment=True)
 
     def _take(
         self,

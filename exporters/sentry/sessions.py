@@ -17,8 +17,9 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sentry_sdk.envelope import Item, PayloadRef
+from sentry_sdk.envelope import Item
 
+from exporters.sentry.envelope import json_payload
 from exporters.sentry.records import SERVER, SpanRecord
 
 STATUSES = ("exited", "errored", "crashed")
@@ -83,7 +84,7 @@ def _items(by_release: dict[tuple[str, str], list[dict[str, Any]]]) -> Iterator[
         attrs = {"release": release}
         if environment:
             attrs["environment"] = environment
-        yield Item(payload=PayloadRef(json={"attrs": attrs, "aggregates": aggregates}),
+        yield Item(payload=json_payload({"attrs": attrs, "aggregates": aggregates}),
                    type="sessions")  # fmt: skip
 
 
