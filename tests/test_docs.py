@@ -22,4 +22,5 @@ def test_the_shipped_reference_config_is_valid() -> None:
     loaded = config.load(ROOT / "otel-config.yaml", {})
     assert set(loaded.exporters) == {"sentry", "otlp_http", "file"}
     assert set(loaded.extensions["health"].checks) == {"database"}
-    assert set(loaded.service.pipelines) == {"traces", "logs"}
+    assert set(loaded.service.pipelines) == {"traces", "logs", "metrics"}
+    assert loaded.service.pipelines["metrics"].receivers == ("otlp", "key_metrics")

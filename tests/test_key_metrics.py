@@ -249,3 +249,156 @@ def test_error_kinds_services_and_client_calls_in_process(monkeypatch: pytest.Mo
     assert processor._service("first") == "first"
     assert processor._service("second") == "other"  # past the cap
     assert processor._service(None) == "other" and processor._service("first") == "first"
+
+
+FORWARDING = """
+receivers:
+  otlp: {protocols: {http: {endpoint: "127.0.0.1:0"}}}
+  key_metrics: {interval: 1s}
+processors:
+  key_metrics: {}
+  sampler: {rate: 0.0}
+exporters:
+  file: {path: "${OUT}"}
+  otlp_http: {endpoint: "SINK"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [key_metrics, sampler], exporters: [file]}
+    metrics: {receivers: [key_metrics], exporters: [otlp_http]}
+"""
+
+
+def forwarded(batch: Any) -> dict[tuple[str, str, str], Any]:
+    """(service, metric, label value) -> the data point, from an OTLP metrics request."""
+    points = {}
+    for resource in batch.resource_metrics:
+        (service,) = [kv.value.string_value for kv in resource.resource.attributes]
+        (scope,) = resource.scope_metrics
+        assert scope.scope.name == "otel-sidecar.key_metrics"
+        for metric in scope.metrics:
+            data = getattr(metric, metric.WhichOneof("data"))
+            for point in data.data_points:
+                label = point.attributes[0].value.string_value if point.attributes else ""
+                points[(service, metric.name, label)] = point
+    return points
+
+
+def test_the_same_numbers_forwarded_as_otlp_metrics(tmp_path: Path) -> None:
+    """The key_metrics receiver sends what /metrics shows, cumulative, to a metrics pipeline:
+    checked with the official protobufs at a real OTLP/HTTP server."""
+    from tests.otlp_sink import OtlpSink
+
+    with OtlpSink() as sink:
+        config = FORWARDING.replace("SINK", sink.endpoint)
+        with Sidecar(tmp_path, config) as sidecar:
+            assert post(sidecar, "/v1/traces", traffic("shop").SerializeToString())[0] == 200
+            assert post(sidecar, "/v1/traces", traffic("shop").SerializeToString())[0] == 200
+            counted = lambda: [  # noqa: E731
+                b for b in sink.accepted(Signal.METRICS)
+                if ("shop", "http_server_request_duration", "/users/{id}") in forwarded(b)
+                and forwarded(b)[("shop", "http_server_request_duration", "/users/{id}")].count
+                == 20
+            ]  # fmt: skip
+            sink.wait_for(counted)
+        points = forwarded(counted()[-1])
+    server = points[("shop", "http_server_request_duration", "/users/{id}")]
+    assert list(server.explicit_bounds) == list(BUCKETS)
+    assert sum(server.bucket_counts[: BUCKETS.index(0.5) + 1]) == 14  # 7 of 10, twice
+    assert server.start_time_unix_nano < server.time_unix_nano
+    assert round(server.sum, 6) == 2 * 5.59
+    assert points[("shop", "http_server_request_errors", "/users/{id}")].as_int == 2
+    assert points[("shop", "db_client_operation_duration", "postgresql")].count == 4
+    assert points[("shop", "db_client_operation_errors", "postgresql")].as_int == 2
+    assert points[("shop", "http_client_request_errors", "ai.example")].as_int == 2
+    metric_names = {name for _, name, _ in points}
+    assert "http_client_request_duration" in metric_names
+
+
+def test_the_key_metrics_receiver_is_for_metrics_pipelines_only(tmp_path: Path) -> None:
+    from collector import config as configuration
+    from collector.settings import ConfigError
+
+    wrong = FORWARDING.replace("SINK", "http://127.0.0.1:9").replace(
+        "receivers: [otlp], processors: [key_metrics", "receivers: [otlp, key_metrics], "
+        "processors: [key_metrics"
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"key_metrics.*does not handle traces"):
+        configuration.parse_yaml(wrong.replace("${OUT}", str(tmp_path / "out")))
+
+
+def test_the_last_snapshot_leaves_at_shutdown(tmp_path: Path) -> None:
+    """An interval of an hour: what was counted still reaches the backend when the sidecar
+    stops (SIGTERM)."""
+    from tests.otlp_sink import OtlpSink
+
+    with OtlpSink() as sink:
+        config = FORWARDING.replace("SINK", sink.endpoint).replace("interval: 1s", "interval: 1h")
+        with Sidecar(tmp_path, config) as sidecar:
+            assert post(sidecar, "/v1/traces", traffic("late").SerializeToString())[0] == 200
+            assert sink.accepted(Signal.METRICS) == []
+        (batch,) = sink.accepted(Signal.METRICS)
+    assert forwarded(batch)[("late", "http_server_request_duration", "/users/{id}")].count == 10
+
+
+def test_a_refused_snapshot_is_counted_and_the_next_carries_the_totals() -> None:
+    from collector.component import Refused
+    from collector.receivers.key_metrics import KeyMetricsReceiver, KeyMetricsReceiverSettings
+    from collector.settings import Duration
+
+    class Full:
+        def __init__(self) -> None:
+            self.batches: list[Batch] = []
+            self.refuse = True
+
+        async def consume(self, batch: Batch) -> None:
+            if self.refuse:
+                raise Refused("queue_full")
+            self.batches.append(batch)
+
+    measure(KeyMetrics("key_metrics", KeyMetricsSettings(), Signal.TRACES, Nowhere()),
+            traffic("refused"))  # fmt: skip
+    downstream = Full()
+    receiver = KeyMetricsReceiver(
+        "key_metrics/r", KeyMetricsReceiverSettings(Duration(3600)), {Signal.METRICS: downstream}
+    )
+    labels = {"receiver": "key_metrics/r", "signal": "metrics", "reason": "queue_full"}
+    before = value("otelsidecar_receiver_refused_requests_total", **labels)
+
+    async def twice() -> None:
+        await receiver.start()
+        await receiver.shutdown(1.0)  # refused: counted
+        downstream.refuse = False
+        await receiver.start()
+        await receiver.shutdown(1.0)
+
+    asyncio.run(twice())
+    assert value("otelsidecar_receiver_refused_requests_total", **labels) == before + 1
+    (batch,) = downstream.batches  # (other tests' series share the process-wide tables)
+    requests = [p.count for (_, name, _), p in forwarded(batch).items()
+                if name == "http_server_request_duration"]  # fmt: skip
+    assert sum(requests) >= 10
+
+
+def test_a_key_metrics_receiver_without_the_processor_says_so() -> None:
+    import gc
+
+    from structlog.testing import capture_logs
+
+    from collector.receivers.key_metrics import KeyMetricsReceiver, KeyMetricsReceiverSettings
+
+    async def started(receiver: KeyMetricsReceiver) -> None:
+        await receiver.start()
+        await receiver.shutdown(1.0)
+
+    def events() -> list[str]:
+        receiver = KeyMetricsReceiver("key_metrics", KeyMetricsReceiverSettings(),
+                                      {Signal.METRICS: Nowhere()})  # fmt: skip
+        with capture_logs() as logs:
+            asyncio.run(started(receiver))
+        return [line["event"] for line in logs]
+
+    gc.collect()  # other tests' processors
+    assert "key_metrics_receiver_idle" in events()
+    processor = KeyMetrics("key_metrics", KeyMetricsSettings(), Signal.TRACES, Nowhere())
+    assert "key_metrics_receiver_idle" not in events()
+    del processor

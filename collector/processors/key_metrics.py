@@ -26,12 +26,13 @@ import contextlib
 import hashlib
 import math
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
-from typing import Any
+from typing import Any, ClassVar
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -53,11 +54,18 @@ OTHER = "other"
 # Seconds. 0.1: the guide's DB query target; 0.5: its P95 target; 1: its slow-request line.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
-_ACTIVE_USERS = Gauge(
-    "app_active_users",
-    "Distinct enduser.id seen by a service in the last whole minute (estimated).",
-    ["service"], registry=REGISTRY,
-)  # fmt: skip
+ACTIVE_USERS_HELP = "Distinct enduser.id seen by a service in the last whole minute (estimated)."
+_ACTIVE_USERS = Gauge("app_active_users", ACTIVE_USERS_HELP, ["service"], registry=REGISTRY)
+STARTED_NS = time.time_ns()  # when the counts began: the start of every cumulative series
+
+
+def active_users() -> dict[str, int]:
+    """``app_active_users`` by service, as /metrics shows it."""
+    return {
+        sample.labels["service"]: int(sample.value)
+        for family in _ACTIVE_USERS.collect()
+        for sample in family.samples
+    }
 
 
 class Series:
@@ -175,10 +183,14 @@ class Distinct:
 
 
 class KeyMetrics(Processor):
+    # The instances alive (weakly held): the key_metrics receiver warns when there is none.
+    measuring: ClassVar[weakref.WeakSet[KeyMetrics]] = weakref.WeakSet()
+
     def __init__(
         self, name: str, settings: KeyMetricsSettings, signal: Signal, next: Consumer
     ) -> None:
         super().__init__(name, signal, next)
+        KeyMetrics.measuring.add(self)
         for table in TABLES:
             table.limit = settings.max_series
         self._users: dict[str, Distinct] = {}
