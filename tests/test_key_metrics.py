@@ -402,3 +402,69 @@ def test_a_key_metrics_receiver_without_the_processor_says_so() -> None:
     processor = KeyMetrics("key_metrics", KeyMetricsSettings(), Signal.TRACES, Nowhere())
     assert "key_metrics_receiver_idle" not in events()
     del processor
+
+
+def test_older_attribute_names_and_edges_in_process() -> None:
+    """The semantic conventions' older names count as the newer ones (``http.status_code``,
+    ``db.system``, ``http.method``); exactly 500 is an error; an empty route, a missing service
+    name and a span ending before it starts have their fallbacks; the batch passes on."""
+    from prometheus_client import generate_latest
+
+    from collector.telemetry import ERRORS
+
+    class Keeps:
+        def __init__(self) -> None:
+            self.batches: list[Batch] = []
+
+        async def consume(self, batch: Batch) -> None:
+            self.batches.append(batch)
+
+    room = KeyMetricsSettings(max_series=100_000)  # whatever other tests filled
+    downstream = Keeps()
+    processor = KeyMetrics("key_metrics/old", room, Signal.TRACES, downstream)
+    route = f"/old/{os.urandom(4).hex()}"
+    backwards = span(SERVER, 0, http_route=route, **{"http.status_code": 500})
+    backwards.end_time_unix_nano = backwards.start_time_unix_nano - 5 * MS
+    spans = [
+        backwards,
+        span(SERVER, 5, True, http_route=route),  # ERROR status, no code, no exception
+        span(SERVER, 5, http_route=""),
+        span(CLIENT, 20, True, db_system="mysql"),
+        span(
+            CLIENT,
+            20,
+            http_method="GET",
+            **{"server.address": "api.example", "http.status_code": 503},
+        ),
+        span(CLIENT, 20, http_request_method="GET"),  # no host at all
+    ]
+    batch = request("", *spans)
+    batch.resource_spans[0].resource.ClearField("attributes")  # no service.name
+    before = {kind: ERRORS[(kind, route)] for kind in ("HTTP 500", "error")}
+    measure(processor, batch)
+    assert downstream.batches == [batch]
+    labels = {"service": "unknown", "route": route}
+    assert value("http_server_request_errors_total", **labels) >= 2
+    assert ERRORS[("HTTP 500", route)] - before["HTTP 500"] == 1
+    assert ERRORS[("error", route)] - before["error"] == 1
+    assert value("http_server_request_duration_seconds_bucket", le="0.005", **labels) == 2
+    assert value("http_server_request_duration_seconds_sum", **labels) == 0.005  # 0 + 5 ms
+    assert value("http_server_request_duration_seconds_count", service="unknown",
+                 route="other") >= 1  # fmt: skip
+    assert value("db_client_operation_errors_total", service="unknown", db_system="mysql") >= 1
+    assert value("http_client_request_errors_total", service="unknown",
+                 host="api.example") >= 1  # fmt: skip
+    assert value("http_client_request_duration_seconds_count", service="unknown",
+                 host="other") >= 1  # fmt: skip
+
+    text = generate_latest(REGISTRY).decode()
+    for help_line in (
+        "# HELP http_server_request_duration_seconds Requests the app served (SERVER spans), "
+        "from every span before sampling.",
+        "# HELP http_server_request_errors_total Requests the app served (SERVER spans) that "
+        "failed (ERROR status, HTTP 5xx).",
+        "# HELP otelsidecar_key_metrics_overflow_total Spans counted under label value "
+        "'other': the metric had max_series label sets.",
+    ):
+        assert help_line in text
+    assert f'le="+Inf",route="{route}",service="unknown"}} 2.0' in text
