@@ -235,9 +235,84 @@ def test_log_lines_are_rate_limited_and_what_was_skipped_is_told(
         processor.mark(slow_batch(1))
     events = [log["event"] for log in logs]
     assert events.count("slow_request") == 11  # the burst of ten, then one after the wait
-    assert [log["count"] for log in logs if log["event"] == "slow_lines_skipped"] == [40]
+    skipped = [log for log in logs if log["event"] == "slow_lines_skipped"]
+    assert [(log["count"], log["processor"]) for log in skipped] == [(40, "slow_spans")]
     assert all(len(log["path"]) <= 1025 for log in logs if log["event"] == "slow_request")
     spans = first.resource_spans[0].scope_spans[0].spans
     marked = [s for s in spans if any(kv.key == "slow" and kv.value.bool_value
                                       for kv in s.attributes)]  # fmt: skip
     assert len(marked) == 50  # every one marked, logged or not
+
+
+def test_array_values_log_as_their_scrubbed_json_and_long_ones_are_cut() -> None:
+    """An array route is logged as the JSON it is (non-ASCII kept), scrubbed; a value of
+    exactly MAX_FIELD_CHARS is whole, one character more is cut and marked."""
+    from collector.processors.slow_spans import MAX_FIELD_CHARS
+
+    batch = span_batch(Span.SPAN_KIND_SERVER, 1500)
+    route = the_span(batch).attributes.add(key="http.route").value.array_value.values
+    route.add().string_value = "/café?token=S3cr3tValue9"
+    assert run(batch)[0]["path"] == '["/café?token=[Filtered]"]'
+    whole = "/" + "a" * (MAX_FIELD_CHARS - 1)
+    for route, logged in ((whole, whole), (whole + "b", whole + "…")):
+        long = span_batch(Span.SPAN_KIND_SERVER, 1500, http__route=route)
+        assert run(long)[0]["path"] == logged
+
+
+def test_counted_per_processor_exactly_over_the_thresholds_and_marked_once() -> None:
+    """At the threshold is not over it; a span marked already keeps one ``slow``; ``mark``
+    counts what it logged, per processor on ``otelsidecar_slow_spans_total``."""
+    from collector.telemetry import REGISTRY
+
+    name = f"slow_spans/{os.urandom(4).hex()}"
+    processor = SlowSpans(name, SlowSpansSettings(), Signal.TRACES, None)
+    at_server = span_batch(Span.SPAN_KIND_SERVER, 1000, http__route="/edge")
+    at_db = span_batch(Span.SPAN_KIND_CLIENT, 100, db__system="sqlite")
+    between = span_batch(Span.SPAN_KIND_SERVER, 500, http__route="/between")  # over the DB's
+    for batch in (at_server, at_db, between):
+        assert processor.mark(batch) == 0
+    marked = span_batch(Span.SPAN_KIND_SERVER, 1500, http__route="/marked")
+    the_span(marked).attributes.add(key="slow").value.bool_value = True
+    queries = span_batch(Span.SPAN_KIND_CLIENT, 101, db__system="sqlite")
+    with structlog.testing.capture_logs():
+        assert processor.mark(marked) == 1 and processor.mark(queries) == 1
+    assert [kv.key for kv in the_span(marked).attributes].count("slow") == 1
+
+    def count(event: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            "otelsidecar_slow_spans_total", {"processor": name, "event": event}
+        )
+
+    assert (count("slow_request"), count("slow_query")) == (1.0, 1.0)
+
+
+def test_the_status_page_gets_a_template_or_a_system_never_a_raw_path() -> None:
+    from collector.telemetry import RECENT_SLOW
+
+    processor = SlowSpans("slow_spans", SlowSpansSettings(), Signal.TRACES, None)
+    batches = [
+        span_batch(
+            Span.SPAN_KIND_SERVER, 1234.567, http__route="/users/{id}", url__path="/users/42"
+        ),
+        span_batch(Span.SPAN_KIND_SERVER, 1500, url__path="/users/42?token=S3cr3t"),
+        span_batch(
+            Span.SPAN_KIND_CLIENT,
+            150,
+            db__system__name="postgresql",
+            db__statement="SELECT 'S3cr3t'",
+        ),
+        span_batch(Span.SPAN_KIND_SERVER, 1500, http__route="/pay/Bearer abcdefghijklmnop1234"),
+    ]
+    with structlog.testing.capture_logs():
+        for batch in batches:
+            processor.mark(batch)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    assert list(RECENT_SLOW)[-4:] == [
+        {"event": "slow_request", "where": "/users/{id}", "duration_ms": 1234.57,
+         "trace_id": trace_id},
+        {"event": "slow_request", "where": "", "duration_ms": 1500.0, "trace_id": trace_id},
+        {"event": "slow_query", "where": "postgresql", "duration_ms": 150.0,
+         "trace_id": trace_id},
+        {"event": "slow_request", "where": "/pay/Bearer [Filtered]", "duration_ms": 1500.0,
+         "trace_id": trace_id},
+    ]  # fmt: skip
