@@ -287,3 +287,39 @@ def test_every_failed_trace_of_a_batch_is_found() -> None:
     sample(0.5, batch)
     (errors,) = [rs for rs in batch.resource_spans if sampling.is_errors_only(rs)]
     assert {s.trace_id for s in errors.scope_spans[0].spans} == {first, second}
+
+
+def test_dropped_healthy_requests_are_counted_per_minute_for_release_health() -> None:
+    """What the sampler drops still counts for Sentry's sessions: the healthy SERVER spans
+    per minute, on a resource of their own; a failed trace's request is not among them (its
+    spans go on, on the error path), nor is a CLIENT span."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from collector.attributes import plain
+
+    minute = 1_700_000_040  # a minute's first second
+    healthy = [trace_id_with_randomness(n) for n in range(3)]
+    failed = trace_id_with_randomness(7)
+    batch = traces([*healthy, failed])
+    batch.resource_spans[0].schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    batch.resource_spans[0].scope_spans[0].scope.name = "app.http"
+    batch.resource_spans[0].scope_spans[0].schema_url = "https://example/scope-schema"
+    spans = batch.resource_spans[0].scope_spans[0].spans
+    for span, second in zip(spans, (minute, minute + 59, minute + 60, minute), strict=True):
+        span.kind = Span.SPAN_KIND_SERVER
+        span.start_time_unix_nano = second * 1_000_000_000
+    spans[3].status.code = Status.STATUS_CODE_ERROR
+    spans.add(trace_id=healthy[0], span_id=os.urandom(8), kind=Span.SPAN_KIND_CLIENT,
+              start_time_unix_nano=minute * 1_000_000_000)  # fmt: skip
+    sample(0.5, batch)
+    marked = [rs for rs in batch.resource_spans if sampling.is_errors_only(rs)]
+    (sessions,) = [rs for rs in marked if not rs.scope_spans]
+    attributes = {kv.key: plain(kv.value) for kv in sessions.resource.attributes}
+    assert attributes[sampling.UNSAMPLED_SESSIONS] == {str(minute): 2, str(minute + 60): 1}
+    assert attributes["service.name"] == "svc"
+    assert sessions.schema_url == "https://opentelemetry.io/schemas/1.26.0"
+    (errors,) = [rs for rs in marked if rs.scope_spans]
+    assert errors.schema_url == "https://opentelemetry.io/schemas/1.26.0"
+    assert errors.scope_spans[0].scope.name == "app.http"
+    assert errors.scope_spans[0].schema_url == "https://example/scope-schema"
+    assert [s.trace_id for s in errors.scope_spans[0].spans] == [failed]
