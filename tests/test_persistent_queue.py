@@ -266,3 +266,24 @@ def test_an_unopenable_store_fails_the_start_clearly_and_moves_nothing(tmp_path:
 
     asyncio.run(main())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.sqlite", "q.sqlite.lock"]
+
+
+def test_on_disk_the_byte_bound_is_max_size_mib(tmp_path: Path) -> None:
+    """``max_size_mib`` bounds the store in MiB: 1 MiB takes a few 300 KB payloads, not more;
+    with ``when_full: drop`` what finds it full is dropped and reported as ``queue_full``."""
+    dropped: list[str] = []
+    settings = QueueSettings(storage="file_storage", directory=str(tmp_path), max_size_mib=1,
+                             when_full="drop")  # fmt: skip
+
+    async def main() -> None:
+        queue = sending_queue("q", settings, lambda _: asyncio.sleep(3600),
+                              lambda p: len(p.body), lambda _, reason: dropped.append(reason),
+                              PAYLOAD)  # fmt: skip
+        queue.start()
+        big = Payload(Signal.TRACES, b"x" * 300_000, 1)
+        for _ in range(5):
+            queue.submit(big)
+        await queue.stop()
+
+    asyncio.run(main())
+    assert dropped[:2] == ["queue_full", "queue_full"]  # 3 of 300 KB fit in 1 MiB, not 4

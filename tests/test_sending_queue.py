@@ -240,3 +240,61 @@ def test_the_budget_ends_the_retries_with_the_last_error(waits: list[float]) -> 
 )  # fmt: skip
 def test_retry_after_is_a_bounded_number_of_seconds(value: str | None, seconds: float) -> None:
     assert retry_after_s(value, most=100.0) == seconds
+
+
+def test_a_running_queue_s_depth_and_capacity_are_on_metrics() -> None:
+    """Read when /metrics is: the items waiting and queue_size, per exporter, for running
+    queues only (a stopped one, say a reload's old one, is gone from the page)."""
+    from prometheus_client import generate_latest
+
+    from collector.telemetry import REGISTRY
+
+    destination = Destination()
+    name = f"depth-{random.randrange(10**9)}"
+
+    def gauges() -> tuple[float | None, float | None]:
+        read = REGISTRY.get_sample_value
+        labels = {"exporter": name}
+        return (read("otelsidecar_exporter_queue_size", labels),
+                read("otelsidecar_exporter_queue_capacity", labels))  # fmt: skip
+
+    async def scenario() -> None:
+        settings = QueueSettings(queue_size=7, num_consumers=1)
+        sending = sending_queue(name, settings, destination.deliver, len, destination.drop,
+                                None)  # type: ignore[arg-type]  # fmt: skip
+        assert gauges() == (None, None)  # not started
+        destination.gate.clear()
+        sending.start()
+        for item in ("a", "b", "c", "d"):
+            sending.submit(item)
+        await asyncio.sleep(0)  # one taken by the sender, held at the gate
+        assert gauges() == (3.0, 7.0)
+        text = generate_latest(REGISTRY).decode()
+        assert "# HELP otelsidecar_exporter_queue_size Batches waiting in an exporter's" in text
+        assert "# HELP otelsidecar_exporter_queue_capacity An exporter's queue_size." in text
+        destination.gate.set()
+        await sending.drain()
+        assert gauges() == (0.0, 7.0)
+        await sending.stop()
+        assert gauges() == (None, None)
+
+    run(scenario)
+
+
+def test_stop_returns_once_its_senders_ended_and_may_be_called_twice() -> None:
+    """What was being sent when stop was called is dropped as ``shutdown`` by the time stop
+    returns; a second stop is harmless."""
+    destination = Destination()
+
+    async def scenario() -> None:
+        sending = queue(destination, num_consumers=1)
+        destination.gate.clear()
+        sending.start()
+        sending.submit("mid-send")
+        await asyncio.sleep(0)
+        await sending.stop()
+        assert destination.dropped == [("mid-send", "shutdown")]
+        assert not sending.running
+        await sending.stop()
+
+    run(scenario)
