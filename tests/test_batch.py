@@ -234,12 +234,19 @@ def test_waiting_groups_are_capped_errors_reach_their_requests_and_a_cancel_refu
         assert [item_count(b) for b in gate.batches][-1] == 2
 
         gate.open.clear()
-        waiting = [asyncio.create_task(batch.consume(trace_request(spans=1))) for _ in range(3)]
+        sending = asyncio.create_task(batch.consume(trace_request(spans=1)))
+        await asyncio.sleep(0.01)  # its group is being sent; the next ones form the next group
+        waiting = [asyncio.create_task(batch.consume(trace_request(spans=1))) for _ in range(2)]
         await asyncio.sleep(0.01)
-        assert batch._sender is not None
+        assert batch._sender is not None and batch._pending_items == 2
         batch._sender.cancel()  # what the grace period's end does to a shutdown in progress
-        results = await asyncio.gather(*waiting, return_exceptions=True)
-        assert all(isinstance(r, Refused) and r.reason == "shutdown" for r in results)
+        gathered = asyncio.gather(sending, *waiting, return_exceptions=True)
+        results = await asyncio.wait_for(gathered, 30)  # a request never answered: fail, not hang
+        assert [r.reason for r in results if isinstance(r, Refused)] == ["shutdown"] * 3
         assert HELD.value == start
+        assert (batch._pending, batch._pending_items, batch._pending_bytes) == (None, 0, 0)
+        gate.open.set()
+        await batch.consume(trace_request(spans=4))  # and it takes requests again
+        assert item_count(gate.batches[-1]) == 4 and HELD.value == start
 
     asyncio.run(scenario())
