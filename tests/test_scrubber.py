@@ -995,3 +995,37 @@ def test_the_sampling_threshold_in_the_tracestate_survives_at_every_rate() -> No
     assert (
         span.trace_state == "ot=th:e6666666666666;rv:00112233445566;x:token=[Filtered],v=[Filtered]"
     )
+
+
+def test_metrics_are_scrubbed_where_requests_put_values_in_process() -> None:
+    """Every kind of data point's attributes and exemplars, the metric's metadata, the resource
+    and the scope; names, units and descriptions (from code) are left alone."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    secret = "Bearer abcdefghijklmnopqrstuvwxyz0123"
+
+    def put(attributes: Any, key: str = "http.route") -> None:
+        attributes.add(key=key).value.string_value = f"/x {secret}"
+
+    batch = ExportMetricsServiceRequest()
+    resource_metrics = batch.resource_metrics.add()
+    put(resource_metrics.resource.attributes, "service.owner")
+    scope_metrics = resource_metrics.scope_metrics.add()
+    put(scope_metrics.scope.attributes, "scope.note")
+    kinds = ("gauge", "sum", "histogram", "exponential_histogram")
+    for kind in kinds:
+        metric = scope_metrics.metrics.add(name=f"m.{kind}", unit="s", description="d")
+        put(metric.metadata, "origin")
+        point = getattr(metric, kind).data_points.add()
+        put(point.attributes)
+        put(point.exemplars.add().filtered_attributes, "enduser.id")
+    summary = scope_metrics.metrics.add(name="m.summary")
+    put(summary.summary.data_points.add().attributes)
+    counts = scrub_batch(batch)
+    text = str(batch)
+    assert "abcdefghijklmnopqrstuvwxyz0123" not in text
+    assert text.count("/x Bearer [Filtered]") == 2 + 3 * len(kinds) + 1
+    assert sum(counts.values()) == 2 + 3 * len(kinds) + 1
+    assert [m.name for m in scope_metrics.metrics] == [*(f"m.{k}" for k in kinds), "m.summary"]
