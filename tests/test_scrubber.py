@@ -1029,3 +1029,33 @@ def test_metrics_are_scrubbed_where_requests_put_values_in_process() -> None:
     assert text.count("/x Bearer [Filtered]") == 2 + 3 * len(kinds) + 1
     assert sum(counts.values()) == 2 + 3 * len(kinds) + 1
     assert [m.name for m in scope_metrics.metrics] == [*(f"m.{k}" for k in kinds), "m.summary"]
+
+
+def test_scrub_text_under_each_kind_of_key() -> None:
+    """As the value of an attribute: a denied key filters (empty stays empty), the statement
+    key drops SQL literals, the exception chain is walked as JSON, other text is scanned."""
+    from collector.attributes import EXCEPTION_CHAIN
+
+    rules = Rules()
+    bearer = "Bearer abcdefghijklmnopqrstuvwxyz0123"
+    assert rules.scrub_text("hunter2", key="password") == FILTERED
+    assert rules.scrub_text("", key="password") == ""
+    assert rules.scrub_text("SELECT 1 WHERE a = 'x'", key="db.statement") == (
+        "SELECT ? WHERE a = ?"
+    )
+    chain = json.dumps([{"type": "E", "value": bearer, "vars": {"token": "t0k3n"}}])
+    scrubbed = json.loads(rules.scrub_text(chain, key=EXCEPTION_CHAIN))
+    assert scrubbed == [{"type": "E", "value": "Bearer [Filtered]", "vars": {"token": FILTERED}}]
+    assert rules.scrub_text("not json " + bearer, key=EXCEPTION_CHAIN) == (
+        "not json Bearer [Filtered]"
+    )
+    assert rules.scrub_text(bearer) == "Bearer [Filtered]"
+
+
+def test_a_log_record_s_event_name_is_scrubbed() -> None:
+    batch = ExportLogsServiceRequest()
+    record = batch.resource_logs.add().scope_logs.add().log_records.add()
+    record.event_name = "login Bearer abcdefghijklmnopqrstuvwxyz0123"
+    record.body.string_value = "ok"
+    assert scrub_batch(batch) == {"bearer": 1}
+    assert record.event_name == "login Bearer [Filtered]"
