@@ -1050,6 +1050,9 @@ def test_scrub_text_under_each_kind_of_key() -> None:
         "not json Bearer [Filtered]"
     )
     assert rules.scrub_text(bearer) == "Bearer [Filtered]"
+    compact = '{"a":"' + bearer + '"}'  # only the chain is parsed (and so written anew)
+    assert rules.scrub_text(compact) == '{"a":"Bearer [Filtered]"}'
+    assert rules.scrub_text(compact, key=EXCEPTION_CHAIN) == '{"a": "Bearer [Filtered]"}'
 
 
 def test_a_log_record_s_event_name_is_scrubbed() -> None:
