@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AGGREGATION_TEMPORALITY_CUMULATIVE as CUMULATIVE,
+)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -166,6 +170,29 @@ def test_active_users_are_the_last_whole_minute_s(monkeypatch: pytest.MonkeyPatc
     measure(processor, request("other", span(SERVER, 5, http_route="/")))
     assert value("app_active_users", service=users) == 0
 
+    measure(processor, request(users, span(SERVER, 5, http_route="/", enduser_id="u1")))
+
+    async def quiet_minute() -> None:  # no span at all: the processor's own clock turns it
+        now[0] += 60
+        processor.tick_s = 0.001
+        await processor.start()
+        gauge = lambda: REGISTRY.get_sample_value("app_active_users", {"service": users})  # noqa: E731
+        for _ in range(10_000):  # until the clock has ticked (no time asserted)
+            if gauge() == 1:
+                break
+            await asyncio.sleep(0.001)
+        assert gauge() == 1  # the last whole minute's one user
+        now[0] += 60
+        for _ in range(10_000):
+            if gauge() is None:
+                break
+            await asyncio.sleep(0.001)
+        await processor.shutdown()
+
+    asyncio.run(quiet_minute())
+    assert REGISTRY.get_sample_value("app_active_users", {"service": users}) is None  # gone
+    assert processor._clock is not None and processor._clock.cancelled()
+
 
 def test_exact_at_a_1_percent_sample_and_p95_within_a_bucket(tmp_path: Path) -> None:
     """A known mix at sampler rate 0.01: the counts are exact (every span was measured before
@@ -272,14 +299,23 @@ def forwarded(batch: Any) -> dict[tuple[str, str, str], Any]:
     """(service, metric, label value) -> the data point, from an OTLP metrics request."""
     points = {}
     for resource in batch.resource_metrics:
-        (service,) = [kv.value.string_value for kv in resource.resource.attributes]
+        identity = {kv.key: kv.value.string_value for kv in resource.resource.attributes}
+        assert identity["service.instance.id"] == socket.gethostname()  # each pod: its series
         (scope,) = resource.scope_metrics
         assert scope.scope.name == "otel-sidecar.key_metrics"
         for metric in scope.metrics:
-            data = getattr(metric, metric.WhichOneof("data"))
+            kind = metric.WhichOneof("data")
+            data = getattr(metric, kind)
+            if kind == "histogram":
+                assert data.aggregation_temporality == CUMULATIVE and metric.unit == "s"
+                for point in data.data_points:
+                    assert len(point.bucket_counts) == len(point.explicit_bounds) + 1
+                    assert point.count == sum(point.bucket_counts)
+            elif kind == "sum":
+                assert data.aggregation_temporality == CUMULATIVE and data.is_monotonic
             for point in data.data_points:
                 label = point.attributes[0].value.string_value if point.attributes else ""
-                points[(service, metric.name, label)] = point
+                points[(identity["service.name"], metric.name, label)] = point
     return points
 
 
@@ -355,8 +391,9 @@ def test_a_refused_snapshot_is_counted_and_the_next_carries_the_totals() -> None
                 raise Refused("queue_full")
             self.batches.append(batch)
 
-    measure(KeyMetrics("key_metrics", KeyMetricsSettings(), Signal.TRACES, Nowhere()),
-            traffic("refused"))  # fmt: skip
+    refused = f"refused-{os.urandom(4).hex()}"
+    room = KeyMetricsSettings(max_series=100_000)  # whatever other tests filled
+    measure(KeyMetrics("key_metrics", room, Signal.TRACES, Nowhere()), traffic(refused))
     downstream = Full()
     receiver = KeyMetricsReceiver(
         "key_metrics/r", KeyMetricsReceiverSettings(Duration(3600)), {Signal.METRICS: downstream}
@@ -373,10 +410,10 @@ def test_a_refused_snapshot_is_counted_and_the_next_carries_the_totals() -> None
 
     asyncio.run(twice())
     assert value("otelsidecar_receiver_refused_requests_total", **labels) == before + 1
-    (batch,) = downstream.batches  # (other tests' series share the process-wide tables)
-    requests = [p.count for (_, name, _), p in forwarded(batch).items()
-                if name == "http_server_request_duration"]  # fmt: skip
-    assert sum(requests) >= 10
+    requests = [p.count for batch in downstream.batches  # the second snapshot, whole
+                for (service, name, _), p in forwarded(batch).items()
+                if service == refused and name == "http_server_request_duration"]  # fmt: skip
+    assert sum(requests) == 10
 
 
 def test_a_key_metrics_receiver_without_the_processor_says_so() -> None:
@@ -471,3 +508,51 @@ def test_older_attribute_names_and_edges_in_process() -> None:
     ):
         assert help_line in text
     assert f'le="+Inf",route="{route}",service="unknown"}} 2.0' in text
+
+
+def test_a_big_snapshot_leaves_in_small_requests_and_a_bug_downstream_ends_only_one() -> None:
+    """At most MAX_POINTS data points a request, every series in one of them; a consumer that
+    fails once (a third party's bug) costs that snapshot, not the later ones."""
+    from collector.receivers import key_metrics as receiver_module
+    from collector.receivers.key_metrics import KeyMetricsReceiver, KeyMetricsReceiverSettings
+    from collector.settings import Duration
+
+    tag = os.urandom(4).hex()
+    room = KeyMetricsSettings(max_series=100_000)  # whatever other tests filled
+    routes = [f"/big/{tag}/{n}" for n in range(30)]
+    spans = [span(SERVER, 10, http_route=route) for route in routes]
+    measure(KeyMetrics("key_metrics", room, Signal.TRACES, Nowhere()), request(tag, *spans))
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.batches: list[Batch] = []
+            self.failures = 1
+
+        async def consume(self, batch: Batch) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("a bug downstream")
+            self.batches.append(batch)
+
+    downstream = Flaky()
+    receiver = KeyMetricsReceiver(
+        "key_metrics/big", KeyMetricsReceiverSettings(Duration(3600)), {Signal.METRICS: downstream}
+    )
+
+    async def twice() -> None:
+        await receiver._send()  # fails: counted in the log, nothing raised
+        await receiver._send()
+
+    original = receiver_module.MAX_POINTS
+    receiver_module.MAX_POINTS = 10
+    try:
+        asyncio.run(twice())
+    finally:
+        receiver_module.MAX_POINTS = original
+    sizes = [sum(len(getattr(m, m.WhichOneof("data")).data_points)
+                 for rm in b.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
+             for b in downstream.batches]  # fmt: skip
+    assert len(sizes) > 1 and max(sizes) <= 10
+    seen = {label for b in downstream.batches for (service, name, label) in forwarded(b)
+            if service == tag and name == "http_server_request_duration"}  # fmt: skip
+    assert seen == set(routes)

@@ -215,6 +215,31 @@ def test_shutdown_runs_upstream_first() -> None:
     assert order == ["otlp", "memory_limiter", "scrubber", "batch", "otlp_http", "health"]
 
 
+def test_listening_receivers_stop_before_one_that_makes_data() -> None:
+    """key_metrics' last snapshot is taken once the OTLP receivers have let in all they will
+    (ids alone would stop it first: "key_metrics" < "otlp")."""
+    text = CONFIG.replace("SINK", "http://127.0.0.1:9").replace("GRPC_PORT", "0")
+    text = text.replace("receivers:\n", "receivers:\n  key_metrics: {}\n", 1)
+    text += "    metrics: {receivers: [key_metrics], exporters: [otlp_http]}\n"
+    sidecar = Service(config_module.parse_yaml(text, {}))
+    order: list[str] = []
+    for receiver in sidecar.receivers.values():
+        stop = receiver.shutdown
+
+        async def recorded(_stop: Any = stop, _name: str = receiver.name, **kw: Any) -> None:
+            order.append(_name)
+            await _stop(**kw)
+
+        receiver.shutdown = recorded  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await sidecar.start()
+        await sidecar.shutdown(grace_s=5)
+
+    asyncio.run(run())
+    assert order == ["otlp", "key_metrics"]
+
+
 def test_what_the_pipeline_held_is_released_once_sent() -> None:
     """The request's admission, the batch processor's buffer and the sending queue each hold
     bytes (otelsidecar_memory_held_bytes); once the backend has the spans, none are left."""

@@ -22,6 +22,7 @@ counted twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import math
@@ -109,7 +110,7 @@ class Table:
 
 SERVER = Table("http_server_request", "route", "Requests the app served (SERVER spans)")
 DATABASE = Table("db_client_operation", "db_system", "Database calls (CLIENT spans with db.system)")
-OUTGOING = Table("http_client_request", "host", "Outgoing HTTP calls (CLIENT spans), by host")
+OUTGOING = Table("http_client_request", "host", "Outgoing HTTP calls (CLIENT spans, by host)")
 TABLES = (SERVER, DATABASE, OUTGOING)
 MAX_SERVICES = 100  # distinct service.name labels; later ones count as "other"
 _SERVICES: set[str] = set()
@@ -196,6 +197,22 @@ class KeyMetrics(Processor):
         self._users: dict[str, Distinct] = {}
         self._minute = int(time.time() // 60)
         self._published: set[str] = set()  # services with an app_active_users value
+        self._clock: asyncio.Task[None] | None = None
+        self.tick_s = 5.0  # how often the clock looks whether a minute has passed
+
+    async def start(self) -> None:
+        """Minutes turn with no spans too: a quiet service's active users go back to none."""
+        self._clock = asyncio.get_running_loop().create_task(self._turn_every_minute())
+
+    async def shutdown(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            await asyncio.gather(self._clock, return_exceptions=True)
+
+    async def _turn_every_minute(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self._turn_minute()  # a no-op within a minute
 
     async def consume(self, batch: ExportTraceServiceRequest) -> None:
         self.measure(batch)
