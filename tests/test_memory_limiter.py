@@ -209,3 +209,61 @@ def test_a_body_of_unknown_size_holds_what_it_may_grow_to_while_read() -> None:
         with pytest.raises(Refused):
             admission.check(1000)  # nothing fits beside it
     assert HELD.value == 0
+
+
+def test_the_resident_watch_refuses_above_its_mark_and_recovers_below(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over the mark (not at it), memory is given back and measured again; the limiter
+    refuses while it stays over, lets data in once below, and stops watching at shutdown."""
+    import asyncio
+
+    from collector.memory import ADMISSION
+    from collector.processors import memory_limiter as module
+    from collector.settings import Duration
+    from collector.signals import Signal
+
+    resident = [100 * MIB]
+    given_back = [0]
+    monkeypatch.setattr(module, "resident_bytes", lambda: resident[0])
+    monkeypatch.setattr(module, "give_back", lambda: given_back.__setitem__(0, given_back[0] + 1))
+    passed: list[object] = []
+
+    class Next:
+        async def consume(self, batch: object) -> None:
+            passed.append(batch)
+
+    settings = MemoryLimiterSettings(limit_mib=64, spike_limit_mib=0,
+                                     check_interval=Duration(0.01))  # fmt: skip
+    limiter = module.MemoryLimiter("memory_limiter", settings, Signal.TRACES, Next())
+
+    async def until(condition: object) -> None:
+        for _ in range(5_000):  # until the watch has run (no time asserted)
+            if condition():  # type: ignore[operator]
+                return
+            await asyncio.sleep(0.001)
+
+    async def scenario() -> None:
+        await limiter.start()
+        mark = 100 * MIB + module.WORKING_SET_MIB * MIB + 64 * MIB
+        resident[0] = mark  # at the mark: not over it
+        await asyncio.sleep(0.05)
+        assert not limiter.over
+        resident[0] = mark + 1
+        await until(lambda: limiter.over)
+        assert limiter.over and given_back[0] >= 2  # at start, and before measuring again
+        HELD.hold(1)  # something else is held: the watch's verdict decides
+        try:
+            with pytest.raises(Refused) as refused:
+                await limiter.consume("batch")
+            assert refused.value.reason == "memory_limit"
+            resident[0] = mark - 1
+            await until(lambda: not limiter.over)
+            await limiter.consume("batch")
+        finally:
+            HELD.release(1)
+        assert passed == ["batch"]
+        await limiter.shutdown()
+        assert limiter._watch is None and limiter not in ADMISSION._limits
+
+    asyncio.run(scenario())
