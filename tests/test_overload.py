@@ -170,3 +170,18 @@ def test_lag_is_refused_only_beyond_its_bound() -> None:
     clock.now += 0.001
     with pytest.raises(Refused, match="loop_lag"):
         overload.check()
+
+
+def test_a_started_watch_is_not_late_and_is_named_for_a_task_dump() -> None:
+    """Its first run is due one interval after start: no lag before then. The task is named,
+    so a dump of the loop's tasks (py-spy, asyncio debug) says what it is."""
+    overload = Overload()
+
+    async def scenario() -> None:
+        overload.start()
+        assert overload.lag_s() == 0.0
+        assert overload._task is not None and overload._task.get_name() == "overload-watch"
+        overload.check()  # nothing in flight: let in
+        await overload.stop()
+
+    asyncio.run(scenario())
