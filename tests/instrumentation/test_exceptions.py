@@ -19,6 +19,7 @@ import pytest
 
 from otel_sidecar.instrumentation import exceptions
 from otel_sidecar.instrumentation.exceptions import CHAIN, Detail, chain_json
+from otel_sidecar.instrumentation.variables import MAX_REPR, bounded_repr
 from tests.instrumentation.conftest import Captured
 
 
@@ -123,7 +124,7 @@ class TestBounds:
         nested = {"a": {"b": {"c": {"d": 1}}}}
         error = raised(lambda: many(text=long_text, nested=nested, items=list(range(50))))
         variables = chain_of(error)[0]["frames"][-1]["vars"]["values"]
-        assert len(variables["text"]) == exceptions.MAX_REPR and variables["text"].endswith("...")
+        assert len(variables["text"]) == MAX_REPR and variables["text"].endswith("...")
         assert variables["items"] == [str(n) for n in range(10)]
         assert variables["nested"] == {
             "a": "{'b': {'c': {'d': 1}}}"
@@ -286,11 +287,11 @@ class TestLargeLocals:
         assert variables["keys"].startswith("dict_keys([0, 1, 2, ")
         assert variables["numbers"].startswith("array('q', [0, 1, 2, ")
         for name in ("blob", "queue", "keys", "numbers"):
-            assert len(variables[name]) == exceptions.MAX_REPR
+            assert len(variables[name]) == MAX_REPR
             assert variables[name].endswith("...")
         assert variables["table"] == {str(n): "None" for n in range(10)}
         assert variables["nested"]["rows"]["ids"].startswith("[0, 1, 2, ")
-        assert len(variables["nested"]["rows"]["ids"]) == exceptions.MAX_REPR
+        assert len(variables["nested"]["rows"]["ids"]) == MAX_REPR
 
     @pytest.mark.parametrize(
         "value",
@@ -319,15 +320,15 @@ class TestLargeLocals:
         ids=repr,
     )
     def test_small_values_read_as_their_repr(self, value: Any) -> None:
-        assert exceptions._repr(value) == repr(value)
+        assert bounded_repr(value) == repr(value)
 
     def test_a_container_holding_itself_reads_as_its_repr(self) -> None:
         looped: list[Any] = [1]
         looped.append(looped)
         table: dict[str, Any] = {}
         table["me"] = table
-        assert exceptions._repr(looped) == repr(looped)
-        assert exceptions._repr(table) == repr(table)
+        assert bounded_repr(looped) == repr(looped)
+        assert bounded_repr(table) == repr(table)
 
 
 def _is_utf8(text: str) -> bool:
