@@ -17,6 +17,7 @@ import structlog
 
 from otel_sidecar.instrumentation import logs
 from otel_sidecar.instrumentation.exceptions import CHAIN
+from otel_sidecar.instrumentation.values import MAX_BODY_BYTES
 from tests.instrumentation.conftest import Captured
 
 
@@ -162,7 +163,7 @@ class TestStdlib:
         assert first.endswith("[truncated: 100000 characters in all]")
         assert second.endswith("[truncated: 10000 characters in all]")
         for body in (first, second):
-            assert len(body.encode("utf-8")) <= logs.MAX_BODY_BYTES
+            assert len(body.encode("utf-8")) <= MAX_BODY_BYTES
 
     def test_a_logged_exception_is_not_kept_alive(self, captured: Captured) -> None:
         """Its frames' locals are freed once the app's frames are done with it, though it is

@@ -25,7 +25,7 @@ All of them carry the active trace and span ids, the thread, the process id, and
 exception the ``exception.*`` attributes with the frames
 (:mod:`otel_sidecar.instrumentation.exceptions`). Every string is valid UTF-8 (lone surrogates,
 from ``surrogateescape``d bytes, become U+FFFD: protobuf refuses them, failing the whole export
-batch), and a body is cut at :data:`MAX_BODY_BYTES`.
+batch), and a body is cut at :data:`~otel_sidecar.instrumentation.values.MAX_BODY_BYTES`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -55,6 +54,7 @@ from otel_sidecar.instrumentation.exceptions import (
     exception_key,
 )
 from otel_sidecar.instrumentation.patches import patch, unpatch
+from otel_sidecar.instrumentation.values import attribute, body_text, utf8, valid_utf8
 
 _OWN_LOGGERS = ("opentelemetry", "otel_sidecar")
 # What a stdlib LogRecord always has (and what formatters and the logging instrumentation add):
@@ -82,14 +82,6 @@ _STRUCTLOG_LEVELS = {
     "critical": logging.CRITICAL,
     "fatal": logging.CRITICAL,
 }
-_MAX_ITEMS = 100  # per list or dict attribute value
-_INT64 = (-(2**63), 2**63 - 1)
-# The OTLP gRPC exporter sends up to 128 records (the batch size) in one message, which the
-# collector refuses past 4 MiB: 16 KiB bodies leave half of it to attributes (an exception's
-# chain has its own limit). Sentry keeps only the first 8192 characters of a message anyway.
-MAX_BODY_BYTES = 16 * 1024
-_CUT = "… [truncated: {size} characters in all]"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -181,10 +173,10 @@ def emit(
             context=get_current(),
             severity_number=_severity(levelno),
             severity_text=level_name,
-            body=_body(body),
+            body=body_text(body),
             # The last step, so that no string of any origin (keys, paths, exception messages,
             # nested values) escapes it.
-            attributes={_utf8(key): _valid(value) for key, value in attributes.items()},
+            attributes={utf8(key): valid_utf8(value) for key, value in attributes.items()},
         )
     except Exception:  # logging must never break the app
         pass
@@ -206,61 +198,6 @@ def _severity(levelno: int) -> SeverityNumber:
     if levelno < logging.DEBUG:
         return SeverityNumber.TRACE
     return SeverityNumber(min(5 + 4 * ((levelno - logging.DEBUG) // 10), 21))
-
-
-def _utf8(text: str) -> str:
-    """The text with lone surrogates as U+FFFD: protobuf refuses invalid UTF-8 and fails the
-    whole export batch, every other record in it too."""
-    if text.isascii():  # most text, and no copy made to find out
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
-
-
-def _valid(value: Any) -> Any:
-    """An attribute value (what :func:`attribute` makes) with every string in it valid UTF-8."""
-    if isinstance(value, str):
-        return _utf8(value)
-    if isinstance(value, Mapping):
-        return {_utf8(str(key)): _valid(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_valid(item) for item in value]
-    return value
-
-
-def _body(text: str) -> str:
-    """Valid UTF-8, at most :data:`MAX_BODY_BYTES` of it, saying where it was cut and how long
-    it was. A huge text is sliced before anything copies it whole."""
-    if len(text) <= MAX_BODY_BYTES // 4:  # no character takes more than 4 bytes
-        return _utf8(text)
-    head = _utf8(text[:MAX_BODY_BYTES])  # a character takes at least 1 byte
-    encoded = head.encode("utf-8")
-    if len(text) <= MAX_BODY_BYTES and len(encoded) <= MAX_BODY_BYTES:
-        return head
-    mark = _CUT.format(size=len(text))
-    keep = MAX_BODY_BYTES - len(mark.encode("utf-8"))
-    # A character the cut splits is dropped whole ("ignore" on its leftover bytes).
-    return encoded[:keep].decode("utf-8", "ignore") + mark
-
-
-def attribute(value: Any, depth: int = 3) -> Any:
-    """A value OTLP can carry: scalars as they are, containers (bounded), anything else as text."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if _INT64[0] <= value <= _INT64[1] else str(value)
-    if value is None or isinstance(value, (bool, float, str, bytes)):
-        return value
-    if depth and isinstance(value, Mapping):
-        items = list(value.items())[:_MAX_ITEMS]
-        return {str(key): attribute(item, depth - 1) for key, item in items if item is not None}
-    if depth and isinstance(value, (list, tuple, set, frozenset)):
-        return [attribute(item, depth - 1) for item in list(value)[:_MAX_ITEMS]]
-    try:
-        return str(value)
-    except Exception:
-        return "<unprintable>"
 
 
 # --- stdlib logging --------------------------------------------------------------------------
