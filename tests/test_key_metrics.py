@@ -4,6 +4,7 @@ own /metrics text with Prometheus' parser; bounded labels; distinct users in fix
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import socket
@@ -17,13 +18,22 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AGGREGATION_TEMPORALITY_CUMULATIVE as CUMULATIVE,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
+from collector import config as configuration
+from collector.component import Refused
+from collector.processors import key_metrics as module
 from collector.processors.key_metrics import BUCKETS, Distinct, KeyMetrics, KeyMetricsSettings
 from collector.processors.key_metrics import SERVER as SERVER_TABLE
+from collector.receivers import key_metrics as receiver_module
+from collector.receivers.key_metrics import KeyMetricsReceiver, KeyMetricsReceiverSettings
+from collector.settings import ConfigError, Duration
 from collector.signals import Batch, Signal
 from collector.status_page import _quantile
-from collector.telemetry import REGISTRY
+from collector.telemetry import ERRORS, REGISTRY
+from tests.otlp_sink import OtlpSink
 from tests.sidecar import Sidecar
 from tests.test_receivers import post
 
@@ -242,8 +252,6 @@ def test_ten_thousand_raw_urls_make_at_most_the_cap_s_series() -> None:
 
 
 def test_error_kinds_services_and_client_calls_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collector.processors import key_metrics as module
-    from collector.telemetry import ERRORS
 
     room = KeyMetricsSettings(max_series=100_000)  # whatever other tests filled
     processor = KeyMetrics("key_metrics/kinds", room, Signal.TRACES, Nowhere())
@@ -322,7 +330,6 @@ def forwarded(batch: Any) -> dict[tuple[str, str, str], Any]:
 def test_the_same_numbers_forwarded_as_otlp_metrics(tmp_path: Path) -> None:
     """The key_metrics receiver sends what /metrics shows, cumulative, to a metrics pipeline:
     checked with the official protobufs at a real OTLP/HTTP server."""
-    from tests.otlp_sink import OtlpSink
 
     with OtlpSink() as sink:
         config = FORWARDING.replace("SINK", sink.endpoint)
@@ -351,9 +358,6 @@ def test_the_same_numbers_forwarded_as_otlp_metrics(tmp_path: Path) -> None:
 
 
 def test_the_key_metrics_receiver_is_for_metrics_pipelines_only(tmp_path: Path) -> None:
-    from collector import config as configuration
-    from collector.settings import ConfigError
-
     wrong = FORWARDING.replace("SINK", "http://127.0.0.1:9").replace(
         "receivers: [otlp], processors: [key_metrics", "receivers: [otlp, key_metrics], "
         "processors: [key_metrics"
@@ -365,7 +369,6 @@ def test_the_key_metrics_receiver_is_for_metrics_pipelines_only(tmp_path: Path) 
 def test_the_last_snapshot_leaves_at_shutdown(tmp_path: Path) -> None:
     """An interval of an hour: what was counted still reaches the backend when the sidecar
     stops (SIGTERM)."""
-    from tests.otlp_sink import OtlpSink
 
     with OtlpSink() as sink:
         config = FORWARDING.replace("SINK", sink.endpoint).replace("interval: 1s", "interval: 1h")
@@ -377,9 +380,6 @@ def test_the_last_snapshot_leaves_at_shutdown(tmp_path: Path) -> None:
 
 
 def test_a_refused_snapshot_is_counted_and_the_next_carries_the_totals() -> None:
-    from collector.component import Refused
-    from collector.receivers.key_metrics import KeyMetricsReceiver, KeyMetricsReceiverSettings
-    from collector.settings import Duration
 
     class Full:
         def __init__(self) -> None:
@@ -417,11 +417,6 @@ def test_a_refused_snapshot_is_counted_and_the_next_carries_the_totals() -> None
 
 
 def test_a_key_metrics_receiver_without_the_processor_says_so() -> None:
-    import gc
-
-    from structlog.testing import capture_logs
-
-    from collector.receivers.key_metrics import KeyMetricsReceiver, KeyMetricsReceiverSettings
 
     async def started(receiver: KeyMetricsReceiver) -> None:
         await receiver.start()
@@ -445,9 +440,6 @@ def test_older_attribute_names_and_edges_in_process() -> None:
     """The semantic conventions' older names count as the newer ones (``http.status_code``,
     ``db.system``, ``http.method``); exactly 500 is an error; an empty route, a missing service
     name and a span ending before it starts have their fallbacks; the batch passes on."""
-    from prometheus_client import generate_latest
-
-    from collector.telemetry import ERRORS
 
     class Keeps:
         def __init__(self) -> None:
@@ -513,9 +505,6 @@ def test_older_attribute_names_and_edges_in_process() -> None:
 def test_a_big_snapshot_leaves_in_small_requests_and_a_bug_downstream_ends_only_one() -> None:
     """At most MAX_POINTS data points a request, every series in one of them; a consumer that
     fails once (a third party's bug) costs that snapshot, not the later ones."""
-    from collector.receivers import key_metrics as receiver_module
-    from collector.receivers.key_metrics import KeyMetricsReceiver, KeyMetricsReceiverSettings
-    from collector.settings import Duration
 
     tag = os.urandom(4).hex()
     room = KeyMetricsSettings(max_series=100_000)  # whatever other tests filled

@@ -47,7 +47,8 @@ _ATTRIBUTES = {"route": "http.route", "db_system": "db.system.name", "host": "se
 MAX_POINTS = 1_000  # data points per request
 # Who wrote the series: each pod's sidecar counts its own, so each is its own writer (a pod's
 # name is its host name). Without it, two pods' running totals would be one series.
-_WRITER = {"service.instance.id": socket.gethostname(), "host.name": socket.gethostname()}
+_HOST = socket.gethostname()
+_WRITER = {"service.instance.id": _HOST, "host.name": _HOST}
 
 
 @dataclass(frozen=True)
@@ -140,13 +141,15 @@ class _Request:
         self, table: key_metrics.Table, service: str, value: str, series: key_metrics.Series
     ) -> None:
         started, attribute = key_metrics.STARTED_NS, _ATTRIBUTES[table.value_label]
-        duration = self._metric(service, f"{table.name}_duration", f"{table.what}.", "s")
+        duration = self._metric(
+            service, "histogram", f"{table.name}_duration", f"{table.what}.", "s"
+        )
         point = duration.histogram.data_points.add(
             start_time_unix_nano=started, time_unix_nano=self.now_ns, count=sum(series.buckets),
             sum=series.sum, bucket_counts=series.buckets, explicit_bounds=key_metrics.BUCKETS,
         )  # fmt: skip
         point.attributes.add(key=attribute).value.string_value = value
-        errors = self._metric(service, f"{table.name}_errors", f"{table.what} that failed.")
+        errors = self._metric(service, "sum", f"{table.name}_errors", f"{table.what} that failed.")
         count = errors.sum.data_points.add(
             start_time_unix_nano=started, time_unix_nano=self.now_ns, as_int=series.errors
         )
@@ -154,23 +157,25 @@ class _Request:
         self.points += 2
 
     def gauge(self, service: str, users: int) -> None:
-        gauge = self._metric(service, "app_active_users", key_metrics.ACTIVE_USERS_HELP)
+        gauge = self._metric(service, "gauge", "app_active_users", key_metrics.ACTIVE_USERS_HELP)
         gauge.gauge.data_points.add(time_unix_nano=self.now_ns, as_int=users)
         self.points += 1
 
-    def _metric(self, service: str, name: str, description: str, unit: str = "") -> Metric:
+    def _metric(
+        self, service: str, kind: str, name: str, description: str, unit: str = ""
+    ) -> Metric:
+        """The service's metric ``name``, made on first use: a ``histogram`` or a monotonic
+        ``sum`` (both cumulative), or a ``gauge``."""
         metric = self._metrics.get((service, name))
         if metric is None:
-            metric = (
-                self._resource(service)
-                .scope_metrics[0]
-                .metrics.add(name=name, description=description, unit=unit)
-            )
-            if name.endswith("_duration"):
-                metric.histogram.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
-            elif name.endswith("_errors"):
-                metric.sum.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
-                metric.sum.is_monotonic = True
+            metrics = self._resource(service).scope_metrics[0].metrics
+            metric = metrics.add(name=name, description=description, unit=unit)
+            data = getattr(metric, kind)
+            data.SetInParent()
+            if kind != "gauge":
+                data.aggregation_temporality = AGGREGATION_TEMPORALITY_CUMULATIVE
+            if kind == "sum":
+                data.is_monotonic = True
             self._metrics[(service, name)] = metric
         return metric
 

@@ -48,7 +48,7 @@ def log_items(records: Iterable[LogRecord], defaults: Defaults) -> list[dict[str
     """Entries of a Sentry ``log`` envelope item, with the attributes sentry-sdk gives its own
     (lower-case severity, runtime, ``server.address``). What comes from the resource and scope
     is typed once for all their records."""
-    shared: dict[tuple[int, str], dict[str, Any]] = {}
+    shared: dict[tuple[int, str], _Source] = {}
     items = []
     for record in records:
         key = (id(record.resource), record.scope)  # the records keep their resources alive
@@ -59,9 +59,13 @@ def log_items(records: Iterable[LogRecord], defaults: Defaults) -> list[dict[str
     return items
 
 
-def _source_attributes(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
-    """The attributes a record's resource and scope decide: typed, or None where they remove
-    the record's own attribute of that name."""
+# The attribute names a record's resource and scope decide (a record's own of those names
+# gives way), and the typed values of those that are set.
+_Source = tuple[frozenset[str], dict[str, Any]]
+
+
+def _source_attributes(record: LogRecord, defaults: Defaults) -> _Source:
+    """What a record's resource and scope decide, typed once for all their records."""
     environment, release = defaults.environment_release(record.resource)
     runtime = resource_contexts(record.resource).get("runtime", {})
     source = {
@@ -76,16 +80,17 @@ def _source_attributes(record: LogRecord, defaults: Defaults) -> dict[str, Any]:
         "process.runtime.version": runtime.get("version"),
         "logger.name": record.scope or None,
     }
-    return {k: None if v is None else _typed(v) for k, v in source.items()}
+    return frozenset(source), {k: _typed(v) for k, v in source.items() if v is not None}
 
 
-def _log_item(record: LogRecord, common: dict[str, Any]) -> dict[str, Any]:
+def _log_item(record: LogRecord, common: _Source) -> dict[str, Any]:
+    decided, typed_source = common
     level = log_level(record)
     attributes = log_attributes(record)
     attributes["sentry.severity_number"] = record.severity_number or None
     attributes["sentry.severity_text"] = level
-    typed = {k: _typed(v) for k, v in attributes.items() if v is not None and k not in common}
-    typed.update((k, v) for k, v in common.items() if v is not None)
+    typed = {k: _typed(v) for k, v in attributes.items() if v is not None and k not in decided}
+    typed.update(typed_source)
     item: dict[str, Any] = {
         "timestamp": record.time_ns / NS,
         "level": level,

@@ -40,7 +40,7 @@ class Group:
 @dataclass(slots=True)
 class _Trace:
     spans: dict[str, SpanRecord] = field(default_factory=dict)
-    segment_arrivals: dict[str, float] = field(default_factory=dict)
+    segments: list[str] = field(default_factory=list)  # not yet taken, in arrival order
     logs: deque[LogRecord] = field(default_factory=lambda: deque(maxlen=MAX_LOGS_PER_TRACE))
     exception_logs: list[LogRecord] = field(default_factory=list)
     emitted: set[str] = field(default_factory=set)
@@ -83,7 +83,7 @@ class TraceBuffer:
             self._hold(span.size)
             trace.spans[span.span_id] = span
             if span.is_segment:
-                trace.segment_arrivals[span.span_id] = now
+                trace.segments.append(span.span_id)
                 self._settling[span.trace_id, span.span_id] = now
         out.extend(self._enforce_bounds())
         return out
@@ -150,7 +150,7 @@ class TraceBuffer:
     def _take_segment(
         self, trace: _Trace, segment_id: str, children: dict[str, list[SpanRecord]]
     ) -> Group:
-        del trace.segment_arrivals[segment_id]
+        trace.segments.remove(segment_id)
         segment = trace.spans[segment_id]
         del self._settling[segment.trace_id, segment_id]
         return self._take(trace, segment, children, segment=True)
@@ -179,7 +179,7 @@ class TraceBuffer:
         """Everything of a trace, now: settled or not, segment or not."""
         trace = self._traces[trace_id]
         children = _children(trace)
-        out = [self._take_segment(trace, sid, children) for sid in list(trace.segment_arrivals)]
+        out = [self._take_segment(trace, sid, children) for sid in list(trace.segments)]
         while trace.spans:
             # Top-most remaining spans (parent absent) stand in for their missing segment;
             # in a parent cycle there is none, and any span will do.
