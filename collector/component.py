@@ -39,6 +39,14 @@ class Consumer(Protocol):
         """Take a batch. Returns when the batch is handed on; raises only :class:`Refused`."""
 
 
+class Entrance(Consumer, Protocol):
+    """What a receiver feeds: the door of a pipeline (or of several), which can say before a
+    request is read whether it would be let in."""
+
+    def admit(self) -> None:
+        """Raise :class:`Refused` while an exporter behind it has no room for another batch."""
+
+
 class Component(Protocol):
     name: str
 

@@ -18,6 +18,7 @@ from collector import components
 from collector.component import (
     Component,
     Consumer,
+    Entrance,
     Exporter,
     Extension,
     PipelineProcessor,
@@ -107,9 +108,12 @@ class Tee:
     def __init__(self, doors: Sequence[Door]) -> None:
         self._doors = list(doors)
 
-    async def consume(self, batch: Batch) -> None:
+    def admit(self) -> None:
         for door in self._doors:
             door.admit()
+
+    async def consume(self, batch: Batch) -> None:
+        self.admit()
         *others, last = self._doors
         for door in others:
             copy = type(batch)()
@@ -144,7 +148,7 @@ class Service:
             heads[name] = (signal, Door(head, [self.exporters[e] for e in pipeline.exporters]))
         self.receivers: dict[str, Receiver] = {}
         for rid in sorted(used["receivers"]):
-            consumers: dict[Signal, Consumer] = {}
+            consumers: dict[Signal, Entrance] = {}
             for signal in Signal:
                 feeds = [
                     head

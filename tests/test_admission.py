@@ -39,6 +39,10 @@ class Taker:
         self.error = error
         self.batches: list[Batch] = []
 
+    def admit(self) -> None:
+        if isinstance(self.error, Refused):
+            raise self.error
+
     async def consume(self, batch: Batch) -> None:
         if self.error is not None:
             raise self.error
@@ -237,13 +241,13 @@ def test_the_intake_s_checks_before_reading_refuse_and_count_by_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     intake = Intake("test_checks", {Signal.TRACES: Taker()})
-    reasons = ("memory_limit", "too_large", "loop_lag")
+    reasons = ("memory_limit", "too_large", "loop_lag", "queue_full")
     before = {reason: refused("test_checks", reason) for reason in reasons}
     limit = SimpleNamespace(mark=4 * MIB, over=False, retry_after_s=3.0)
     ADMISSION.register(limit)
     try:
         intake.check_admission(Signal.TRACES, 1000)  # room: nothing said, nothing counted
-        intake.check_overload(Signal.TRACES)
+        intake.check_ready(Signal.TRACES)
         with HELD.request(4 * MIB), pytest.raises(Refused, match="memory_limit"):
             intake.check_admission(Signal.TRACES, 1000)
         with pytest.raises(TooCostly):
@@ -257,11 +261,14 @@ def test_the_intake_s_checks_before_reading_refuse_and_count_by_reason(
 
     monkeypatch.setattr("collector.receivers.intake.OVERLOAD", Lagging())
     with pytest.raises(Refused, match="loop_lag"):
-        intake.check_overload(Signal.TRACES)
-    with pytest.raises(Refused, match="loop_lag"):
-        intake.check_admission(Signal.TRACES, 10)
+        intake.check_ready(Signal.TRACES)
+    monkeypatch.undo()
+    # A pipeline whose exporter has no room: refused before a byte is read, not after parsing.
+    full = Intake("test_checks", {Signal.TRACES: Taker(Refused("queue_full", 1.0))})
+    with pytest.raises(Refused, match="queue_full"):
+        full.check_ready(Signal.TRACES)
     counted = {reason: refused("test_checks", reason) - before[reason] for reason in reasons}
-    assert counted == {"memory_limit": 1, "too_large": 1, "loop_lag": 2}
+    assert counted == {"memory_limit": 1, "too_large": 1, "loop_lag": 1, "queue_full": 1}
 
 
 def test_a_new_count_holds_nothing_and_never_goes_below_zero() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -215,11 +216,11 @@ def test_header_values_with_line_breaks_are_refused() -> None:
 def test_a_full_queue_asks_the_client_to_send_again(tmp_path: Path) -> None:
     """Backpressure by default: 503 with Retry-After, not an accepted-then-dropped batch."""
     from examples.services import free_port
-    from tests.test_receivers import post
+    from tests.test_receivers import grpc_export, post
 
     config = f"""
 receivers:
-  otlp: {{protocols: {{http: {{endpoint: "127.0.0.1:0"}}}}}}
+  otlp: {{protocols: {{http: {{endpoint: "127.0.0.1:0"}}, grpc: {{endpoint: "127.0.0.1:0"}}}}}}
 exporters:
   otlp_http:
     endpoint: "http://127.0.0.1:{free_port()}"
@@ -232,8 +233,14 @@ service:
     with Sidecar(tmp_path, config) as sidecar:
         answers = [post(sidecar, "/v1/traces", trace_request().SerializeToString())
                    for _ in range(4)]  # fmt: skip
+        garbage, _, _ = post(sidecar, "/v1/traces", b"\xff not a protobuf message")
+        called = grpc_export(sidecar, b"\xff not a protobuf message")
     statuses = [status for status, _, _ in answers]
     assert statuses[0] == 200 and 503 in statuses
+    # Refused before the message was read or parsed (so not INVALID_ARGUMENT / 400): parsing
+    # what cannot be let in would take the CPU the requests that can be need.
+    assert garbage == 503
+    assert isinstance(called, grpc.RpcError) and called.code() == grpc.StatusCode.UNAVAILABLE
     refused = next(headers for status, _, headers in answers if status == 503)
     assert "Retry-After" in refused
 

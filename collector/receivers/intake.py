@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.component import Consumer, Refused
+from collector.component import Entrance, Refused
 from collector.memory import ADMISSION, TooCostly
 from collector.overload import OVERLOAD
 from collector.sampling import strip_markers
@@ -40,7 +40,7 @@ class HttpSettings:
 class Intake:
     """What every transport does with a decoded batch: check it, count it, hand it on."""
 
-    def __init__(self, transport: str, consumers: Mapping[Signal, Consumer]) -> None:
+    def __init__(self, transport: str, consumers: Mapping[Signal, Entrance]) -> None:
         self.transport = transport
         self._consumers = dict(consumers)
         self._accepted = {s: RECEIVED.labels(transport, s.value) for s in self._consumers}
@@ -79,11 +79,14 @@ class Intake:
                 raise
             yield
 
-    def check_overload(self, signal: Signal) -> None:
+    def check_ready(self, signal: Signal) -> None:
         """Refuses (counted) a request the sidecar could not answer in time
-        (:mod:`collector.overload`), before anything of it is read."""
+        (:mod:`collector.overload`) or its pipelines would not let in (an exporter's queue
+        full), before anything of it is read: reading and parsing it would be wasted work,
+        taken from the requests that can be let in."""
         try:
             OVERLOAD.check()
+            self._consumers[signal].admit()
         except Refused as error:
             self.refused(signal, error.reason)
             raise
@@ -91,7 +94,6 @@ class Intake:
     def check_admission(self, signal: Signal, size: int) -> None:
         """:meth:`admission`'s verdict without holding anything, before a body is read."""
         try:
-            OVERLOAD.check()
             ADMISSION.check(size)
         except (TooCostly, Refused) as error:
             self.refused(signal, getattr(error, "reason", "too_large"))

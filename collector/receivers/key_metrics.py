@@ -34,7 +34,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from collector import __version__
-from collector.component import Consumer, Kind, Refused
+from collector.component import Entrance, Kind, Refused
 from collector.processors import key_metrics
 from collector.settings import Duration, setting
 from collector.signals import Signal
@@ -60,7 +60,7 @@ class KeyMetricsReceiver:
     running: ClassVar[weakref.WeakSet[KeyMetricsReceiver]] = weakref.WeakSet()
 
     def __init__(
-        self, name: str, settings: KeyMetricsReceiverSettings, consumers: Mapping[Signal, Consumer]
+        self, name: str, settings: KeyMetricsReceiverSettings, consumers: Mapping[Signal, Entrance]
     ) -> None:
         self.name = name
         self.endpoints: dict[str, str] = {}  # it listens on nothing

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from collector.component import Consumer, Kind
+from collector.component import Entrance, Kind
 from collector.receivers.intake import GrpcSettings, HttpSettings, Intake
 from collector.settings import ConfigError, setting
 from collector.signals import Signal
@@ -31,7 +31,7 @@ class OtlpReceiver:
     """One component, up to two listening transports sharing the pipelines' consumers."""
 
     def __init__(
-        self, name: str, settings: OtlpReceiverSettings, consumers: Mapping[Signal, Consumer]
+        self, name: str, settings: OtlpReceiverSettings, consumers: Mapping[Signal, Entrance]
     ) -> None:
         # Imported here so `otel-sidecar validate` does not load grpc (nor aiohttp's server).
         from collector.receivers.otlp_grpc import OtlpGrpcServer

@@ -91,7 +91,7 @@ class OtlpGrpcServer:
 
         async def export(requests: object, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                intake.check_overload(signal)
+                intake.check_ready(signal)
                 # Held while read: what the biggest message would cost parsed, so that no
                 # more is read at once than could then be let in.
                 with intake.reading(signal, ADMISSION.cost(limit)):

@@ -96,6 +96,7 @@ class OtlpHttpServer:
                 content_type,
             )
         try:
+            intake.check_ready(signal)
             if encoding == "identity" and request.content_length is not None:
                 # Its cost is known before a byte is read: held while it is read, so that
                 # requests arriving together count each other's.
