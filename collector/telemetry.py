@@ -7,6 +7,7 @@ Log events carry only the fields named in them; attribute values from user data 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections import Counter as Tally
@@ -99,14 +100,19 @@ def count_error(kind: str, route: str) -> None:
 class LineBudget:
     """At most ``rate`` lines a second, a burst of ten seconds' worth (a token bucket), for a
     component that could otherwise flood the sidecar's log. A line refused is counted; the
-    count is told on one ``skipped_event`` line before the next line allowed, or at ``flush``.
+    count is told on one ``skipped_event`` line before the next line allowed, at most once
+    every :data:`SUMMARY_INTERVAL_S` (under a lasting flood, one summary for each allowed line
+    would double the lines), and at ``flush``.
     """
+
+    SUMMARY_INTERVAL_S = 10.0
 
     def __init__(self, rate: float, skipped_event: str, **context: str) -> None:
         self._rate, self._burst = rate, rate * 10
         self._tokens, self._at = self._burst, time.monotonic()
         self._skipped_event, self._context = skipped_event, context
         self._skipped = 0
+        self._told_at = -math.inf
 
     def allow(self) -> bool:
         """Whether a line may be written now (if not, it is counted as skipped)."""
@@ -117,7 +123,8 @@ class LineBudget:
             self._skipped += 1
             return False
         self._tokens -= 1
-        self.flush()
+        if now - self._told_at >= self.SUMMARY_INTERVAL_S:
+            self.flush()
         return True
 
     def skip(self, lines: int) -> bool:
@@ -134,3 +141,4 @@ class LineBudget:
         if self._skipped:
             log.warning(self._skipped_event, count=self._skipped, **self._context)
             self._skipped = 0
+            self._told_at = time.monotonic()

@@ -14,6 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from collector.attributes import first
 from collector.processors.slow_spans import SlowSpans, SlowSpansSettings
 from collector.signals import Signal
+from collector.telemetry import LineBudget
 from tests.sidecar import BASIC_CONFIG, Sidecar, attributes, spans_in
 from tests.test_receivers import grpc_export
 
@@ -242,6 +243,26 @@ def test_log_lines_are_rate_limited_and_what_was_skipped_is_told(
     marked = [s for s in spans if any(kv.key == "slow" and kv.value.bool_value
                                       for kv in s.attributes)]  # fmt: skip
     assert len(marked) == 50  # every one marked, logged or not
+
+
+def test_a_lasting_flood_is_summed_up_every_ten_seconds_not_before_every_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a flood that outlasts the burst, a summary before each allowed line would double
+    the lines written: one summary per interval says the same; flush tells the rest."""
+    clock = [1000.0]
+    monkeypatch.setattr("collector.telemetry.time.monotonic", lambda: clock[0])
+    budget = LineBudget(2, "lines_skipped", processor="p")
+    with structlog.testing.capture_logs() as logs:
+        allowed = 0
+        for _ in range(30 * 10):  # 10 attempts a second for 30 s, at 2 lines a second
+            allowed += budget.allow()
+            clock[0] += 0.1
+        budget.flush()
+    summaries = [log["count"] for log in logs if log["event"] == "lines_skipped"]
+    assert allowed == 20 + 2 * 30 - 1  # the burst, then the rate (the last 0.5 s: no token)
+    assert len(summaries) == 4  # at 10, 20, 30 s (before an allowed line), and the flush
+    assert sum(summaries) == 300 - allowed
 
 
 def test_array_values_log_as_their_scrubbed_json_and_long_ones_are_cut() -> None:
