@@ -40,7 +40,12 @@ def record_cost(wire_bytes: int) -> int:
 
 
 def attribute_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:
-    return {kv.key: jsonable(plain(kv.value)) for kv in attributes}
+    out = {}
+    for kv in attributes:
+        value = kv.value
+        text = value.string_value  # most are strings, and need nothing more (plain's first test)
+        out[kv.key] = text if text else jsonable(plain(value))
+    return out
 
 
 def jsonable(value: Any) -> Any:
