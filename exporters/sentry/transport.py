@@ -16,13 +16,13 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 
-import aiohttp
 from sentry_sdk.envelope import Item
 from sentry_sdk.utils import Dsn
 
 from collector import __version__
 from collector.telemetry import DROPPED, EXPORTED, log
 from exporters.compression import gzip_compress
+from exporters.http1 import Http1Client, HttpError
 from exporters.queue import sending_queue
 from exporters.retry import (
     Permanent,
@@ -85,22 +85,24 @@ class SentryTransport:
         self.name = name
         parsed = Dsn(dsn)
         auth = parsed.to_auth(client=f"otel-sidecar/{__version__}")
-        self.url = auth.get_api_url()  # .../api/<project>/envelope/
-        self._auth_header = auth.to_header()
         self.where = f"project {parsed.project_id} at {parsed.host}"  # no key: safe to show
         self._queue = sending_queue(name, queue, self._deliver, _size, self._drop, OUTGOING)
         self._retry = retry
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        headers = {
+            "X-Sentry-Auth": auth.to_header(),
+            "Content-Type": "application/x-sentry-envelope",
+            "Content-Encoding": "gzip",
+        }
+        url = auth.get_api_url()  # .../api/<project>/envelope/
+        self._client = Http1Client(url, headers, timeout_s)
         self._limits: dict[str, float] = {}
         self._discarded: Counter[tuple[str, str]] = Counter()
         self._last_report = time.monotonic()
-        self._session: aiohttp.ClientSession | None = None
         self.last_error: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
         self._queue.start()
 
     async def shutdown(self) -> None:
@@ -111,8 +113,7 @@ class SentryTransport:
                 await self._deliver(Outgoing({}, []))
         finally:
             await self._queue.stop()
-            if self._session is not None:
-                await self._session.close()
+            await self._client.close()
 
     # --- the queue ---------------------------------------------------------------------------
 
@@ -172,33 +173,24 @@ class SentryTransport:
         raise Permanent(f"HTTP {status}")
 
     async def _post(self, body: bytes) -> int | None:
-        assert self._session is not None
-        headers = {
-            "X-Sentry-Auth": self._auth_header,
-            "Content-Type": "application/x-sentry-envelope",
-            "Content-Encoding": "gzip",
-        }
         try:
-            # No redirects: a redirected POST would arrive as a bodiless GET.
-            async with self._session.post(
-                self.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                await response.read()
-                self._update_limits(response.status, response.headers)
-                self.last_error = None if response.status < 400 else f"HTTP {response.status}"
-                return response.status
-        except (aiohttp.ClientError, TimeoutError) as error:
-            # The type only: aiohttp's text names the URL, which holds the project's key.
+            answer = await self._client.post(body)  # never redirected: a POST would be lost
+        except (HttpError, OSError, TimeoutError) as error:
+            # The type only: a message could name the host, the URL holds the project's key.
             self.last_error = type(error).__name__
             return None
+        self._update_limits(answer.status, answer.headers)
+        self.last_error = None if answer.status < 400 else f"HTTP {answer.status}"
+        return answer.status
 
     def _update_limits(self, status: int, headers: Mapping[str, str]) -> None:
+        """``headers`` with lowercased names."""
         now = time.monotonic()
-        header = headers.get("X-Sentry-Rate-Limits")
+        header = headers.get("x-sentry-rate-limits")
         if header:
             new = parse_rate_limits(header, now)
         elif status == 429:
-            new = {_ALL: now + retry_after_seconds(headers.get("Retry-After"))}
+            new = {_ALL: now + retry_after_seconds(headers.get("retry-after"))}
         else:
             return
         for name, until in new.items():

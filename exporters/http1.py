@@ -1,0 +1,185 @@
+"""POSTs over kept-alive HTTP/1.1 connections, for the Sentry exporter's one request per envelope.
+
+Sentry takes one event or transaction per envelope, so the exporter makes a request for
+nearly every trace it sends. aiohttp spends ~350 µs of CPU on each (its session, connector,
+timers and tracing hooks); this client writes the request in one go and reads the answer on
+the connection it came from, ~150 µs. It does what that exchange needs and no more: http and
+https (the system's CAs), connections reused until the server closes them or says
+``Connection: close``, answers with Content-Length, chunked, or to the end of the connection,
+no redirects, no proxies, no cookies. A connection taken from the idle ones that turns out
+closed before a byte of the answer arrived is replaced once: a server may close an idle
+connection just as the request is written, which is not a failure of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from collector import __version__
+
+MAX_ANSWER_BYTES = 1 << 20  # Sentry answers a few bytes of JSON; anything bigger is not it
+MAX_HEAD_BYTES = 64 * 1024
+_IDLE_MAX = 8  # connections kept between requests (the sending queue's senders are fewer)
+
+
+class HttpError(Exception):
+    """The exchange failed (not an HTTP error status): a broken or malformed answer."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]  # names lowercased
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Http1Client:
+    """POSTs to one URL with the same headers; ``post`` raises HttpError, OSError or
+    TimeoutError when no answer came (the caller retries)."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        timeout_s: float,
+        tls: ssl.SSLContext | None = None,  # for https: the system's CAs if not given
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an http:// or https:// URL is needed")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        authority = parts.netloc.rpartition("@")[2]  # never userinfo in the Host header
+        lines = [f"POST {target} HTTP/1.1", f"Host: {authority}",
+                 f"User-Agent: otel-sidecar/{__version__}"]  # fmt: skip
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} holds a line break")
+            lines.append(f"{name}: {value}")
+        self._head = "\r\n".join([*lines, "Content-Length: "]).encode("latin-1")
+        self._timeout_s = timeout_s
+        self._idle: list[_Connection] = []
+
+    async def post(self, body: bytes) -> Answer:
+        request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
+        async with asyncio.timeout(self._timeout_s):
+            while self._idle:
+                try:
+                    return await self._exchange(self._idle.pop(), request)
+                except _ClosedBeforeAnswer:
+                    pass  # closed by the server while idle: the next one, or a new one
+            try:
+                return await self._exchange(await self._open(), request)
+            except _ClosedBeforeAnswer:
+                raise HttpError("connection closed before an answer") from None
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    async def _open(self) -> _Connection:
+        reader, writer = await asyncio.open_connection(
+            self._host, self._port, ssl=self._ssl, limit=MAX_HEAD_BYTES
+        )
+        return _Connection(reader, writer)
+
+    async def _exchange(self, connection: _Connection, request: bytes) -> Answer:
+        try:
+            answer, keep = await _answer(connection, request)
+        except BaseException:  # failed, cancelled or timed out: the connection is unusable
+            connection.close()
+            raise
+        if keep and len(self._idle) < _IDLE_MAX:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return answer
+
+
+class _ClosedBeforeAnswer(Exception):
+    pass
+
+
+async def _answer(connection: _Connection, request: bytes) -> tuple[Answer, bool]:
+    reader, writer = connection.reader, connection.writer
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if error.partial:
+            raise HttpError("answer cut short") from None
+        raise _ClosedBeforeAnswer from None
+    except ConnectionError:
+        raise _ClosedBeforeAnswer from None
+    except asyncio.LimitOverrunError:
+        raise HttpError("answer head too long") from None
+    try:
+        answer, keep = _parse_head(raw)
+        keep = await _read_body(reader, answer, keep)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        raise HttpError("malformed answer") from None
+    return answer, keep
+
+
+def _parse_head(raw: bytes) -> tuple[Answer, bool]:
+    """The status and headers, and whether the connection may carry another request."""
+    status_line, *lines = raw.decode("latin-1").split("\r\n")
+    version, _, rest = status_line.partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise HttpError("not an HTTP/1 answer")
+    headers: dict[str, str] = {}
+    for line in lines:
+        if line:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise HttpError("malformed header line")
+            headers[name.strip().lower()] = value.strip()
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
+    return Answer(int(rest[:3]), headers), keep
+
+
+async def _read_body(reader: asyncio.StreamReader, answer: Answer, keep: bool) -> bool:
+    """Read (and discard: Sentry's answers carry nothing the exporter needs) the body; whether
+    the connection can still be kept."""
+    headers = answer.headers
+    if answer.status in (204, 304) or answer.status < 200:
+        return keep  # no body, whatever the headers say
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        total = 0
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16):
+            total += size
+            if total > MAX_ANSWER_BYTES:
+                raise HttpError("answer too long")
+            await reader.readexactly(size + 2)  # the chunk and its CRLF
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the end
+            pass
+        return keep
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > MAX_ANSWER_BYTES:
+            raise HttpError("bad Content-Length")
+        await reader.readexactly(int(length))
+        return keep
+    total = 0  # neither: the body ends with the connection
+    while chunk := await reader.read(64 * 1024):
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            raise HttpError("answer too long")
+    return False

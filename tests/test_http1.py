@@ -1,0 +1,206 @@
+"""The Sentry exporter's HTTP/1.1 client against real sockets: a server that answers each
+request as the test says (kept alive, chunked, closing, silent, malformed), and TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from exporters.http1 import MAX_ANSWER_BYTES, Http1Client, HttpError
+from tests.certificates import self_signed
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+Reply = Callable[[int], bytes | None]  # the request's number -> what to write (None: close)
+
+
+class Server:
+    """Reads whole requests (head and Content-Length body) and writes what ``reply`` says."""
+
+    def __init__(self, reply: Reply, close_after_answer: bool = False) -> None:
+        self.reply = reply
+        self.close_after_answer = close_after_answer
+        self.requests: list[bytes] = []
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.reply(len(self.requests))
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after_answer:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def serve(
+    server: Server | Reply,
+    scenario: Callable[[Http1Client, Server], Awaitable[None]],
+    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+    timeout_s: float = 5,
+) -> Server:
+    server = server if isinstance(server, Server) else Server(server)
+
+    async def main() -> None:
+        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0,
+                                               ssl=None if tls is None else tls[0])  # fmt: skip
+        port = listening.sockets[0].getsockname()[1]
+        scheme = "http" if tls is None else "https"
+        url = f"{scheme}://key@127.0.0.1:{port}/api/1/envelope/?x=1"
+        client = Http1Client(url, {"X-Test": "yes"}, timeout_s, None if tls is None else tls[1])
+        try:
+            await scenario(client, server)
+        finally:
+            await client.close()
+            listening.close()
+
+    asyncio.run(main())
+    return server
+
+
+def test_requests_share_one_kept_connection_and_carry_their_head_and_body() -> None:
+    async def scenario(client: Http1Client, server: Server) -> None:
+        for body in (b"first", b"second" * 1000):
+            assert (await client.post(body)).status == 200
+
+    server = serve(lambda _: OK, scenario)
+    assert server.connections == 1
+    head, _, body = server.requests[1].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /api/1/envelope/?x=1 HTTP/1.1"
+    assert lines[1].startswith("Host: 127.0.0.1:")  # never the userinfo
+    assert "X-Test: yes" in lines and "Content-Length: 6000" in lines
+    assert lines[2].startswith("User-Agent: otel-sidecar/")
+    assert body == b"second" * 1000
+
+
+def test_chunked_answers_with_trailers_and_headers_are_read_whole() -> None:
+    chunked = (b"HTTP/1.1 429 Too Many\r\nX-Sentry-Rate-Limits: 60:transaction:key\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n"
+               b"X-Trailer: t\r\n\r\n")  # fmt: skip
+
+    async def scenario(client: Http1Client, server: Server) -> None:
+        answer = await client.post(b"x")
+        assert answer.status == 429
+        assert answer.headers["x-sentry-rate-limits"] == "60:transaction:key"
+        assert (await client.post(b"y")).status == 429  # the same connection, read to its end
+
+    assert serve(lambda _: chunked, scenario).connections == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\n\r\n{}",  # no length: the body ends with the connection
+    ],
+)
+def test_a_connection_the_server_will_close_is_not_kept(answer: bytes) -> None:
+    async def scenario(client: Http1Client, server: Server) -> None:
+        for _ in range(3):
+            assert (await client.post(b"x")).status == 200
+
+    server = serve(Server(lambda _: answer, close_after_answer=True), scenario)
+    assert server.connections == 3
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_without_failing_the_request() -> None:
+    """The answer says the connection is kept, the server closes it all the same (as idle
+    timeouts do): the next request goes on a new connection instead of failing."""
+
+    async def scenario(client: Http1Client, server: Server) -> None:
+        assert (await client.post(b"1")).status == 200
+        await asyncio.sleep(0.05)  # the close reaches the client
+        assert (await client.post(b"2")).status == 200
+
+    server = serve(Server(lambda _: OK, close_after_answer=True), scenario)
+    assert server.connections == 2 and len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"SMTP ready\r\n\r\n", "not an HTTP/1 answer"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed header line"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_ANSWER_BYTES + 1),
+            "bad Content-Length",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", None),  # cut short, then closed
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed answer"),
+    ],
+)
+def test_broken_answers_fail_the_request_with_a_clear_error(answer: bytes, error: str) -> None:
+    async def scenario(client: Http1Client, server: Server) -> None:
+        with pytest.raises(HttpError) as raised:
+            await client.post(b"x")
+        if error is not None:
+            assert error in str(raised.value)
+
+    serve(Server(lambda _: answer, close_after_answer=True), scenario)
+
+
+def test_a_server_that_never_answers_times_out_and_one_that_is_gone_is_an_os_error() -> None:
+    async def scenario(client: Http1Client, server: Server) -> None:
+        with pytest.raises(TimeoutError):
+            await client.post(b"x")
+
+    serve(lambda _: b"", scenario, timeout_s=0.2)  # reads the request, writes nothing
+
+    async def refused() -> None:
+        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()
+        client = Http1Client(f"http://127.0.0.1:{port}/", {}, 5)
+        with pytest.raises(OSError):
+            await client.post(b"x")
+
+    asyncio.run(refused())
+
+
+def test_no_body_answers_keep_the_connection() -> None:
+    async def scenario(client: Http1Client, server: Server) -> None:
+        for _ in range(2):
+            assert (await client.post(b"x")).status == 204
+
+    assert serve(lambda _: b"HTTP/1.1 204 No Content\r\n\r\n", scenario).connections == 1
+
+
+def test_header_values_with_line_breaks_are_refused() -> None:
+    with pytest.raises(ValueError, match="X-Evil"):
+        Http1Client("http://127.0.0.1/", {"X-Evil": "a\r\nInjected: 1"}, 5)
+    with pytest.raises(ValueError, match="http:// or https://"):
+        Http1Client("ftp://127.0.0.1/", {}, 5)
+
+
+def test_https_is_verified_against_the_trusted_certificates(tmp_path: Path) -> None:
+    key, cert = self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+
+    async def trusted(client: Http1Client, server: Server) -> None:
+        assert (await client.post(b"x")).status == 200
+
+    assert len(serve(lambda _: OK, trusted, tls=(server_side, trusting)).requests) == 1
+
+    async def untrusted(client: Http1Client, server: Server) -> None:
+        with pytest.raises(ssl.SSLError):
+            await client.post(b"x")
+
+    serve(lambda _: OK, untrusted, tls=(server_side, ssl.create_default_context()))
