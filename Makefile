@@ -46,12 +46,14 @@ test-gateway: $(DEV)  ## deploy/gateway on the real OpenTelemetry Collector (bui
 run: $(RUNTIME)  ## the sidecar in the foreground: make run [CONFIG=otel-config.yaml]
 	$(BIN)/otel-sidecar run $(if $(CONFIG),--config $(CONFIG))
 
-bench: $(DEV)  ## throughput against a bare gRPC ceiling; figures go in bench/RESULTS.md
+bench: $(DEV)  ## throughput, the app's cost, then the targets' table; figures in bench/RESULTS.md
+	-bash bench/otelcol/build.sh  # the Collector peer (needs Go); without it, its row says so
 	$(BIN)/python bench/throughput.py --pipeline basic
 	$(BIN)/python bench/throughput.py --pipeline reference
 	$(BIN)/python bench/throughput.py --pipeline forward
 	$(BIN)/python bench/processors.py
 	$(BIN)/python bench/app_overhead.py
+	$(BIN)/python bench/targets.py
 
 mutate: $(DEV)  ## mutation testing (mutmut) of the pipeline, processors, exporter helper, admission
 	$(PIP) 'mutmut>=3.3,<4'

@@ -70,7 +70,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: E402
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from throughput import _attributes, _db_attributes, _server_attributes, build_request  # noqa: E402
+from throughput import (  # noqa: E402
+    _attributes,
+    _db_attributes,
+    _server_attributes,
+    build_request,
+    hwm_bytes,
+)
 
 from tests.sidecar import Sidecar  # noqa: E402
 from tests.test_receivers import grpc_export, post, trace_request  # noqa: E402
@@ -222,18 +228,6 @@ def rss_bytes(pid: int) -> int:
             return int(statm.read().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return 0
-
-
-def hwm_bytes(pid: int) -> int:
-    """The kernel's peak resident size of the process (``VmHWM``)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 class RssPoller:

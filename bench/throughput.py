@@ -1,33 +1,43 @@
-"""Throughput of the sidecar's OTLP/gRPC trace path, against a bare grpc.aio ceiling.
+"""Throughput of the sidecar's OTLP/gRPC trace path, against a bare grpc.aio ceiling and the
+OpenTelemetry Collector.
 
 Usage: ``.venv/bin/python bench/throughput.py [--seconds N] [--connections C]
-[--pipeline basic|reference] [--rate R] [--json]``
+[--pipeline basic|reference|forward|sentry] [--rate R] [--traces T] [--spans-per-second S]
+[--peer [--peer-skip NAME]] [--json]``
 
-64 ``ExportTraceServiceRequest``s of 512 realistic spans (8 traces of 64, different trace ids)
-are encoded once; a load generator in its own process keeps C Export calls in flight for N
-seconds, sending them in turn. It runs twice:
+64 ``ExportTraceServiceRequest``s of 512 realistic spans (8 traces of 64, or ``--traces``) are
+encoded once; a load generator in its own process keeps C Export calls in flight for N
+seconds (or sends on a steady schedule of S spans/s), sending them in turn, every trace id
+made new at each send (a counter over its first 4 bytes; the sampler decides from the last
+7, so it keeps the same share). It runs:
 
 * ``sidecar``: ``python -m collector run`` with an ``otlp`` (gRPC) receiver and either the
   ``batch`` processor alone writing to the ``file`` exporter (``basic``), or the reference
   trace processors memory_limiter, slow_spans, sampler (``--rate``, 0.1), scrubber, batch
-  writing to the file (``reference``) or forwarding protobuf with ``otlp_http`` to a bare
-  OTLP/HTTP sink in its own process (``forward``).
+  writing to the file (``reference``), forwarding protobuf with ``otlp_http`` to a bare
+  OTLP/HTTP sink in its own process (``forward``), or sending to a Sentry-compatible sink
+  with the ``sentry`` exporter (``sentry``: transactions counted against the traces the
+  sampler kept of the accepted requests).
+* ``collector`` (``--peer``, forward only): the real OpenTelemetry Collector built by
+  ``bench/otelcol/build.sh``, on the closest pipeline it has (:func:`peer_config`), the same
+  payloads and sink.
 * ``ceiling``: a bare ``grpc.aio`` server whose handler only parses the request and drops it,
   the most a Python grpc.aio receiver could accept on this machine.
 
 For each it reports accepted spans/s (OK responses x 512 / elapsed), the server process's CPU
-seconds during the load window (utime+stime from ``/proc/<pid>/stat``), and spans per
-CPU-second. How to read it: spans per CPU-second is the cost figure and the steadier one;
-spans/s also depends on how many cores are free, and the load generator competes for them.
-The ratios sidecar/ceiling say what share of the bare receiver's throughput (and efficiency)
-the sidecar's pipeline keeps. With ``basic`` spans written equal spans accepted; with
-``reference`` about a tenth is written (the file exporter takes sampled traces only).
+seconds during the load window (utime+stime from ``/proc/<pid>/stat``), spans per CPU-second,
+how long calls waited for their answer, and the peak resident size. How to read it: spans
+per CPU-second is the cost figure and the steadier one; spans/s also depends on how many
+cores are free, and the load generator competes for them. With ``sentry`` the cost is also
+given until everything was delivered (the exporter holds a trace's segment two seconds for
+late spans).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
@@ -55,14 +65,18 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from collector import sampling  # noqa: E402
+from examples.services import free_port  # noqa: E402
+
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 METHOD = f"/{SERVICE}/Export"
-TRACES = 8
-SPANS_PER_TRACE = 64
-SPANS_PER_REQUEST = TRACES * SPANS_PER_TRACE
+TRACES = 8  # per request, of 64 spans
+SPANS_PER_REQUEST = 512
 STARTUP_TIMEOUT_S = 20.0
 SPAWN = multiprocessing.get_context("spawn")
 MS = 1_000_000  # nanoseconds
+MIB = 1024 * 1024
 PAYLOADS = 64  # distinct pre-encoded requests, sent in turn
 
 REFERENCE = "[memory_limiter, slow_spans, sampler, scrubber, batch]"
@@ -73,6 +87,8 @@ PIPELINES = {  # name: (processors, exporters)
     "reference": (REFERENCE, "[file]"),
     # The same, forwarding protobuf to an OTLP/HTTP backend (a sink in its own process).
     "forward": (REFERENCE, "[otlp_http]"),
+    # The default path: the same processors, the Sentry exporter to a Sentry-compatible sink.
+    "sentry": (REFERENCE, "[sentry]"),
 }
 CONFIG = """\
 receivers:
@@ -88,6 +104,7 @@ processors:
 exporters:
   file: {{path: "{{path}}"}}
   otlp_http: {{endpoint: "{{otlp}}"}}
+  sentry: {{dsn: "{{dsn}}"}}
 service:
   pipelines:
     traces: {{receivers: [otlp], processors: {processors}, exporters: {exporters}}}
@@ -205,8 +222,8 @@ def _child_span(rng: random.Random, trace_id: bytes, parent: Span, item: int) ->
     return span
 
 
-def _trace(rng: random.Random, start_ns: int) -> list[Span]:
-    """A SERVER root and 63 descendants; each parent is the root or an INTERNAL span."""
+def _trace(rng: random.Random, start_ns: int, size: int) -> list[Span]:
+    """A SERVER root and its descendants; each parent is the root or an INTERNAL span."""
     trace_id = rng.randbytes(16)
     item = rng.randrange(1, 100_000)
     status = 200 if rng.random() < 0.99 else 500  # the monitoring guide's target: error rate < 1 %
@@ -223,7 +240,7 @@ def _trace(rng: random.Random, start_ns: int) -> list[Span]:
         status=Status(code=Status.STATUS_CODE_OK if status == 200 else Status.STATUS_CODE_ERROR),
     )
     spans, parents = [root], [root]
-    for _ in range(SPANS_PER_TRACE - 1):
+    for _ in range(size - 1):
         child = _child_span(rng, trace_id, rng.choice(parents), item)
         spans.append(child)
         if child.kind == Span.SPAN_KIND_INTERNAL:
@@ -231,7 +248,8 @@ def _trace(rng: random.Random, start_ns: int) -> list[Span]:
     return spans
 
 
-def build_request(seed: int = 1) -> ExportTraceServiceRequest:
+def build_request(seed: int = 1, traces: int = TRACES) -> ExportTraceServiceRequest:
+    """512 spans in ``traces`` traces (8 of 64 by default)."""
     rng = random.Random(seed)
     resource = _attributes(
         {
@@ -251,8 +269,9 @@ def build_request(seed: int = 1) -> ExportTraceServiceRequest:
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.name = "opentelemetry.instrumentation.fastapi"
     scope_spans.scope.version = "0.59b0"
-    for index in range(TRACES):
-        scope_spans.spans.extend(_trace(rng, now - (TRACES - index) * 1_000_000_000))
+    for index in range(traces):
+        start = now - (traces - index) * 1_000_000_000
+        scope_spans.spans.extend(_trace(rng, start, SPANS_PER_REQUEST // traces))
     return request
 
 
@@ -265,17 +284,55 @@ class LoadResult:
     errors: dict[str, int]
     elapsed_s: float
     ack_ms: tuple[float, float, float]  # how long calls waited for an answer: p50, p99, max
+    ok_by_payload: dict[int, int]  # answered OK, per index into the payloads
+
+
+def trace_ids(raw: bytes) -> list[bytes]:
+    request = ExportTraceServiceRequest.FromString(raw)
+    spans = (s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans)
+    return list(dict.fromkeys(span.trace_id for span in spans))
+
+
+class FreshTraces:
+    """Pre-encoded requests whose traces are new at every send, as an app's are: a send counter
+    is written over the first 4 bytes of each trace id where it occurs in the encoding. The
+    sampler decides from the last 7 bytes, so a trace is kept or dropped as in the payload."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self._payloads = payloads
+        self._offsets = [self._find(raw) for raw in payloads]
+        self._sends = 0
+
+    @staticmethod
+    def _find(raw: bytes) -> list[int]:
+        offsets = []
+        for trace_id in trace_ids(raw):
+            at = raw.find(trace_id)
+            while at >= 0:
+                offsets.append(at)
+                at = raw.find(trace_id, at + len(trace_id))
+        return offsets
+
+    def send(self, index: int) -> bytes:
+        self._sends += 1
+        stamp = self._sends.to_bytes(4, "big")
+        encoded = bytearray(self._payloads[index])
+        for at in self._offsets[index]:
+            encoded[at : at + 4] = stamp
+        return bytes(encoded)
 
 
 def _load_main(
-    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int
+    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, pace: float
 ) -> None:
-    conn.send(asyncio.run(_drive(conn, target, payloads, seconds, calls)))
+    conn.send(asyncio.run(_drive(conn, target, payloads, seconds, calls, pace)))
 
 
 async def _drive(
-    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int
+    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, pace: float
 ) -> LoadResult:
+    """``calls`` workers send for ``seconds``, each as soon as its last call was answered or,
+    with ``pace`` (spans/s), at the next slot of a steady schedule."""
     import grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
@@ -283,25 +340,31 @@ async def _drive(
         export = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         conn.send("ready")
         await asyncio.to_thread(conn.recv)  # "go"
-        ok, errors, waits = [0], Counter[str](), []
+        fresh = FreshTraces(payloads)
+        ok, errors, waits = Counter[int](), Counter[str](), []
         started = time.monotonic()
         deadline = started + seconds
+        slots = itertools.count()
+        interval = SPANS_PER_REQUEST / pace if pace else 0.0
 
         async def worker(offset: int) -> None:
             sent = offset
             while time.monotonic() < deadline:
+                if interval:
+                    await asyncio.sleep(started + next(slots) * interval - time.monotonic())
                 sent += 1
+                index = sent % len(payloads)
                 asked = time.perf_counter()
                 try:
-                    # Requests differ in trace ids, so sampling keeps its share, not all or none.
-                    await export(payloads[sent % len(payloads)], timeout=30)
-                    ok[0] += 1
+                    await export(fresh.send(index), timeout=30)
+                    ok[index] += 1
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] += 1
                 waits.append(time.perf_counter() - asked)
 
         await asyncio.gather(*(worker(index * 7) for index in range(calls)))
-        return LoadResult(ok[0], dict(errors), time.monotonic() - started, _ack_ms(waits))
+        elapsed = time.monotonic() - started
+        return LoadResult(ok.total(), dict(errors), elapsed, _ack_ms(waits), dict(ok))
 
 
 def _ack_ms(waits: list[float]) -> tuple[float, float, float]:
@@ -309,6 +372,18 @@ def _ack_ms(waits: list[float]) -> tuple[float, float, float]:
         return (0.0, 0.0, 0.0)
     cuts = statistics.quantiles(waits, n=100)
     return (cuts[49] * 1000, cuts[98] * 1000, max(waits) * 1000)
+
+
+def hwm_bytes(pid: int) -> int:
+    """The kernel's peak resident size of the process (``VmHWM``)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -325,6 +400,11 @@ class Measurement:
     elapsed_s: float
     cpu_s: float
     ack_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p99, max
+    peak_rss_mib: float = 0.0  # the server's VmHWM after the load
+    ok_by_payload: dict[int, int] = field(default_factory=dict)
+    cpu_start_s: float = 0.0  # the server's CPU seconds when the load began
+    cpu_until_delivered_s: float | None = None  # from the load's start until the sink was quiet
+    delivered: dict[str, int] = field(default_factory=dict)  # what the sink received
     spans_written: int | None = None
     spans_per_s: float = field(init=False)
     spans_per_cpu_s: float = field(init=False)
@@ -335,28 +415,34 @@ class Measurement:
         self.spans_per_cpu_s = spans / self.cpu_s if self.cpu_s else 0.0
 
 
-def measure(
-    server_pid: int, target: str, payloads: list[bytes], seconds: float, calls: int
-) -> Measurement:
+@dataclass(frozen=True)
+class Load:
+    payloads: list[bytes]
+    seconds: float
+    calls: int  # in flight at most
+    pace: float = 0.0  # spans/s on a steady schedule; 0: as fast as answered
+
+
+def measure(server_pid: int, target: str, work: Load) -> Measurement:
     """Run the load generator against `target`, reading the server's CPU around the window."""
     parent, child = SPAWN.Pipe()
-    load = SPAWN.Process(
-        target=_load_main, args=(child, target, payloads, seconds, calls), name="bench-load"
-    )
+    args = (child, target, work.payloads, work.seconds, work.calls, work.pace)
+    load = SPAWN.Process(target=_load_main, args=args, name="bench-load")
     load.start()
     child.close()
     try:
         _expect(parent, "ready", STARTUP_TIMEOUT_S, "load generator did not connect")
         before = cpu_seconds(server_pid)
         parent.send("go")
-        result: LoadResult = _expect(parent, None, seconds + 60, "load generator gave no result")
+        result: LoadResult = _expect(parent, None, work.seconds + 60, "the load gave no result")
         after = cpu_seconds(server_pid)
+        peak = hwm_bytes(server_pid) / MIB
     finally:
         load.join(10)
         if load.is_alive():
             load.kill()
     return Measurement(result.ok_requests, result.errors, result.elapsed_s, after - before,
-                       result.ack_ms)  # fmt: skip
+                       result.ack_ms, peak, result.ok_by_payload, before)  # fmt: skip
 
 
 def _expect(conn: Connection, wanted: Any, timeout: float, failure: str) -> Any:
@@ -446,12 +532,7 @@ def _problems(lines: list[str]) -> list[str]:
 
 
 def run_sidecar(
-    payloads: list[bytes],
-    seconds: float,
-    calls: int,
-    workdir: Path,
-    config_text: str,
-    sink: OtlpSink | None,
+    work: Load, workdir: Path, config_text: str, sink: Sink | None
 ) -> tuple[Measurement, SidecarReport]:
     output = workdir / "bench.jsonl"
     config = workdir / "config.yaml"
@@ -466,13 +547,15 @@ def run_sidecar(
     assert process.stdout is not None and process.stderr is not None
     stdout, stderr = Drain(process.stdout), Drain(process.stderr)
     report = SidecarReport()
+    before = Counter[str]() if sink is None else sink.counts()
     try:
         target = wait_for_start(stdout, STARTUP_TIMEOUT_S)
-        result = measure(process.pid, target, payloads, seconds, calls)
+        result = measure(process.pid, target, work)
         if sink is None:
             wait_until_stable(output)
-        else:
-            wait_until_steady(sink.spans)
+        else:  # the Sentry exporter holds a segment transaction_wait (2 s) for late spans
+            wait_until_steady(lambda: sum(sink.counts().values()), quiet_s=3.0)
+        result.cpu_until_delivered_s = cpu_seconds(process.pid) - result.cpu_start_s
         process.send_signal(signal.SIGTERM)
         report.exit_code = process.wait(30)
     finally:
@@ -485,12 +568,16 @@ def run_sidecar(
         report.log_problems = _problems(stdout.lines)
         if report.exit_code is None:
             _dump(report, stdout.lines)
-    result.spans_written = count_spans(output) if sink is None else sink.spans()
+    if sink is None:
+        result.spans_written = count_spans(output)
+    else:
+        result.delivered = dict(sink.counts() - before)
+        result.spans_written = result.delivered.get("spans", 0)
     return result, report
 
 
 def wait_until_steady(count: Callable[[], int], quiet_s: float = 1.0, limit_s: float = 60) -> None:
-    """Until the sink has seen no new span for ``quiet_s`` (the sidecar has flushed)."""
+    """Until the sink has received nothing new for ``quiet_s`` (the sender has flushed)."""
     deadline, last, since = time.monotonic() + limit_s, -1, time.monotonic()
     while time.monotonic() < deadline:
         now_count = count()
@@ -504,19 +591,30 @@ def wait_until_steady(count: Callable[[], int], quiet_s: float = 1.0, limit_s: f
 # --- the OTLP/HTTP backend for "forward" (own process) ----------------------------------------
 
 
-class OtlpSink:
-    """A bare aiohttp server in its own process that parses each request and counts spans."""
+class Sink:
+    """A bare aiohttp server in its own process, an OTLP/HTTP backend and a Sentry: it parses
+    each request (the official protobufs; ``sentry_sdk``'s envelopes) and counts spans,
+    transactions and error events."""
 
-    def __enter__(self) -> OtlpSink:
+    def __enter__(self) -> Sink:
         self._conn, child = SPAWN.Pipe()
         self._process = SPAWN.Process(target=_sink_main, args=(child,), name="bench-sink")
         self._process.start()
-        self.endpoint = _expect(self._conn, None, STARTUP_TIMEOUT_S, "the OTLP sink did not start")
+        self.endpoint = _expect(self._conn, None, STARTUP_TIMEOUT_S, "the sink did not start")
+        self.dsn = self.endpoint.replace("://", "://0123456789abcdef0123456789abcdef@") + "/1"
         return self
 
-    def spans(self) -> int:
+    def counts(self) -> Counter[str]:
+        """Received so far: ``spans`` (OTLP), ``transaction`` and ``event`` (Sentry)."""
         self._conn.send("count")
-        return int(_expect(self._conn, None, 10, "the OTLP sink did not answer"))
+        return Counter(_expect(self._conn, None, 10, "the sink did not answer"))
+
+    def spans(self) -> int:
+        return self.counts()["spans"]
+
+    def sentry_items(self) -> int:
+        counts = self.counts()
+        return counts["transaction"] + counts["event"]
 
     def __exit__(self, *exc: object) -> None:
         self._conn.send("stop")
@@ -533,18 +631,29 @@ async def _serve_sink(conn: Connection) -> None:
     import gzip
 
     from aiohttp import web
+    from sentry_sdk.envelope import Envelope
 
-    spans = [0]
+    counts = Counter[str]()
     ok = ExportTraceServiceResponse().SerializeToString()
 
     async def traces(request: web.Request) -> web.Response:
         body = gzip.decompress(await request.read())
         batch = ExportTraceServiceRequest.FromString(body)
-        spans[0] += sum(len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans)
+        counts["spans"] += sum(
+            len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans
+        )
         return web.Response(body=ok, content_type="application/x-protobuf")
+
+    async def envelope(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        counts.update(item.type for item in Envelope.deserialize(body).items)
+        return web.Response(text="{}")
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/v1/traces", traces)
+    app.router.add_post("/api/{project}/envelope/", envelope)
     runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -553,13 +662,93 @@ async def _serve_sink(conn: Connection) -> None:
         message = await asyncio.to_thread(conn.recv)
         if message == "stop":
             break
-        conn.send(spans[0])
+        conn.send(dict(counts))
     await runner.cleanup()
 
 
 def _dump(report: SidecarReport, stdout: list[str]) -> None:
     print("sidecar stdout:", *stdout[-20:], sep="\n  ", file=sys.stderr)
     print("sidecar stderr:", *report.stderr[-20:], sep="\n  ", file=sys.stderr)
+
+
+# --- phase C: the OpenTelemetry Collector, the peer (own process) ----------------------------
+
+PEER = REPO_ROOT / "bench" / "otelcol" / "bin" / "otelcol-peer"  # built by bench/otelcol/build.sh
+# The closest the Collector comes to the reference pipeline: the same sampling share of traces
+# (from the trace id), redaction with the scrubber's default key and value rules as RE2
+# patterns (it masks a whole value where the scrubber masks the secret in it) and its SQL
+# sanitizer, batches of 512, gzip-compressed OTLP/HTTP protobuf to the same sink.
+_PEER_KEYS = (
+    r"(?i)passw(?:or)?d|secret|api[-_.]?key|auth|credentials?|mysql[-_.]?pwd|private[-_.]?key"
+    r"|token|session|csrf|cookie"
+)
+_PEER_VALUES = [
+    r"(?i)\b(?:bearer|basic)[ \t]+[^\s\"',;<>()]+",  # credentials
+    r"\b(?:[0-9][ -]?){12,18}[0-9]\b",  # card numbers
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY",
+    r"://[^\s/?#\"<>]{1,512}@",  # credentials in a URL
+]
+
+
+PEER_PROCESSORS = ("memory_limiter", "probabilistic_sampler", "redaction", "batch")
+
+
+def peer_config(port: int, rate: float, otlp: str, skip: tuple[str, ...] = ()) -> str:
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{port}"}}}},
+        "processors": {
+            "memory_limiter": {"check_interval": "1s", "limit_mib": 512},
+            "probabilistic_sampler": {"sampling_percentage": rate * 100},
+            "redaction": {
+                "allow_all_keys": True,
+                "blocked_key_patterns": [_PEER_KEYS],
+                "blocked_values": _PEER_VALUES,
+                "db_sanitizer": {"sql": {"enabled": True}},
+                "summary": "silent",
+            },
+            "batch": {"timeout": "200ms", "send_batch_size": 512},
+        },
+        "exporters": {"otlp_http": {"endpoint": otlp, "compression": "gzip"}},
+        "service": {
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": [name for name in PEER_PROCESSORS if name not in skip],
+                    "exporters": ["otlp_http"],
+                }
+            },
+        },
+    }
+    return json.dumps(config)  # YAML is a superset of JSON
+
+
+def run_peer(
+    work: Load, workdir: Path, sink: Sink, rate: float, skip: tuple[str, ...] = ()
+) -> tuple[Measurement, int | None]:
+    """The Collector on the same payloads and sink; its spans written counted at the sink."""
+    port = free_port()
+    config = workdir / "otelcol.json"
+    config.write_text(peer_config(port, rate, sink.endpoint, skip))
+    with (workdir / "otelcol.log").open("w+") as log:
+        process = subprocess.Popen([str(PEER), "--config", str(config)], stdout=log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            before = sink.spans()
+            result = measure(process.pid, f"127.0.0.1:{port}", work)
+            wait_until_steady(sink.spans)
+            result.cpu_until_delivered_s = cpu_seconds(process.pid) - result.cpu_start_s
+            result.spans_written = sink.spans() - before
+            process.terminate()
+            exit_code = process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.seek(0)
+            if problems := log.read().strip():
+                print("collector log:", problems[-3000:], sep="\n", file=sys.stderr)
+    return result, exit_code
 
 
 # --- phase B: the ceiling (own process) ------------------------------------------------------
@@ -592,9 +781,7 @@ async def _serve_ceiling(conn: Connection) -> None:
     await server.stop(1)
 
 
-def run_ceiling(
-    payloads: list[bytes], seconds: float, calls: int
-) -> tuple[Measurement, int | None]:
+def run_ceiling(work: Load) -> tuple[Measurement, int | None]:
     parent, child = SPAWN.Pipe()
     server = SPAWN.Process(target=_ceiling_main, args=(child,), name="bench-ceiling")
     server.start()
@@ -602,7 +789,7 @@ def run_ceiling(
     try:
         target = _expect(parent, None, STARTUP_TIMEOUT_S, "ceiling server did not start")
         assert server.pid is not None
-        result = measure(server.pid, target, payloads, seconds, calls)
+        result = measure(server.pid, target, work)
         server.terminate()  # SIGTERM
         server.join(30)
     finally:
@@ -630,18 +817,39 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def sentry_delivery(payloads: list[bytes], rate: float, side: Measurement) -> dict[str, Any]:
+    """Transactions the sink got against the traces the sampler kept of the accepted requests,
+    and what they cost: transactions and accepted spans per CPU-second until delivered."""
+    floor = sampling.threshold(rate)
+    kept = [sum(sampling.randomness(t) >= floor for t in trace_ids(raw)) for raw in payloads]
+    cpu = side.cpu_until_delivered_s or 0.0
+    transactions = side.delivered.get("transaction", 0)
+    accepted = side.ok_requests * SPANS_PER_REQUEST
+    return {
+        "kept_traces": sum(kept[index] * ok for index, ok in side.ok_by_payload.items()),
+        "transactions": transactions,
+        "error_events": side.delivered.get("event", 0),
+        "transactions_per_cpu_s": transactions / cpu if cpu else 0.0,
+        "spans_per_cpu_s_until_delivered": accepted / cpu if cpu else 0.0,
+    }
+
+
 def results(
     args: argparse.Namespace,
     payloads: list[bytes],
     sidecar: tuple[Measurement, SidecarReport],
     ceiling: tuple[Measurement, int | None],
+    peer: tuple[Measurement, int | None] | None = None,
 ) -> dict[str, Any]:
     (side, report), (top, ceiling_exit) = sidecar, ceiling
-    return {
+    data = {
         "seconds": args.seconds,
         "connections": args.connections,
         "spans_per_request": SPANS_PER_REQUEST,
         "pipeline": args.pipeline,
+        "rate": args.rate,
+        "traces_per_request": args.traces,
+        "spans_per_second_paced": args.spans_per_second,
         "request_bytes": len(payloads[0]),
         "sidecar": {**asdict(side), **asdict(report)},
         "ceiling": {**asdict(top), "exit_code": ceiling_exit},
@@ -650,6 +858,15 @@ def results(
             "spans_per_cpu_s": _ratio(side.spans_per_cpu_s, top.spans_per_cpu_s),
         },
     }
+    if args.pipeline == "sentry":
+        data["sentry"] = sentry_delivery(payloads, args.rate, side)
+    if peer is not None:
+        collector, collector_exit = peer
+        data["collector"] = {**asdict(collector), "exit_code": collector_exit}
+        data["ratios"]["spans_per_cpu_s_vs_collector"] = _ratio(
+            side.spans_per_cpu_s, collector.spans_per_cpu_s
+        )
+    return data
 
 
 def print_table(data: dict[str, Any]) -> None:
@@ -658,18 +875,23 @@ def print_table(data: dict[str, Any]) -> None:
         f"{data['connections']} calls in flight, {data['seconds']} s per phase"
     )
     print(f"{'':10}{'spans/s':>12}{'CPU s':>9}{'spans/CPU-s':>13}{'requests':>10}{'errors':>8}"
-          f"{'answer ms p50/p99/max':>24}")  # fmt: skip
-    for name in ("sidecar", "ceiling"):
+          f"{'answer ms p50/p99/max':>24}{'peak RSS MiB':>14}{'written':>10}")  # fmt: skip
+    for name in ("sidecar", "collector", "ceiling"):
+        if name not in data:
+            continue
         row = data[name]
         errors = sum(row["errors"].values())
         waits = "/".join(f"{ms:.0f}" for ms in row["ack_ms"])
+        written = "" if row["spans_written"] is None else f"{row['spans_written']:,}"
         print(
             f"{name:10}{row['spans_per_s']:>12,.0f}{row['cpu_s']:>9.2f}"
             f"{row['spans_per_cpu_s']:>13,.0f}{row['ok_requests']:>10}{errors:>8}{waits:>24}"
+            f"{row['peak_rss_mib']:>14.0f}{written:>10}"
         )
     for name, value in data["ratios"].items():
         shown = "n/a" if value is None else f"{value:.2f}"
-        print(f"sidecar/ceiling {name}: {shown}")
+        against = "collector" if name.endswith("_vs_collector") else "ceiling"
+        print(f"sidecar/{against} {name.removesuffix('_vs_collector')}: {shown}")
     _print_notes(data)
 
 
@@ -677,9 +899,17 @@ def _print_notes(data: dict[str, Any]) -> None:
     side = data["sidecar"]
     accepted = side["ok_requests"] * data["spans_per_request"]
     print(f"sidecar spans accepted {accepted}, written {side['spans_written']}")
-    print(f"exit codes: sidecar {side['exit_code']}, ceiling {data['ceiling']['exit_code']}")
-    for name in ("sidecar", "ceiling"):
-        if data[name]["errors"]:
+    if sentry := data.get("sentry"):
+        print(f"Sentry: {sentry['transactions']:,} transactions for {sentry['kept_traces']:,} "
+              f"kept traces, {sentry['error_events']:,} error events; until delivered "
+              f"{sentry['transactions_per_cpu_s']:,.0f} transactions and "
+              f"{sentry['spans_per_cpu_s_until_delivered']:,.0f} accepted spans "
+              "per CPU-s")  # fmt: skip
+    exits = (f"{name} {data[name]['exit_code']}" for name in ("sidecar", "collector", "ceiling")
+             if name in data)  # fmt: skip
+    print("exit codes:", ", ".join(exits))
+    for name in ("sidecar", "collector", "ceiling"):
+        if name in data and data[name]["errors"]:
             print(f"{name} errors by status: {data[name]['errors']}")
     for title, lines in (("stderr", side["stderr"]), ("log warnings", side["log_problems"])):
         if lines:
@@ -697,22 +927,50 @@ def main() -> int:
         help="basic: batch only; reference: the reference trace processors",
     )
     parser.add_argument("--rate", type=float, default=0.1, help="sampler rate (reference)")
+    parser.add_argument(
+        "--traces", type=int, default=TRACES, help="traces per 512-span request (8, of 64 spans)"
+    )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="forward only: also run the OpenTelemetry Collector built by bench/otelcol/build.sh",
+    )
+    parser.add_argument(
+        "--peer-skip",
+        action="append",
+        default=[],
+        choices=PEER_PROCESSORS,
+        help="leave a processor out of the Collector's pipeline (repeatable)",
+    )
+    parser.add_argument(
+        "--spans-per-second",
+        type=float,
+        default=0.0,
+        help="send on a steady schedule at this rate instead of as fast as answered",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    payloads = [build_request(seed).SerializeToString() for seed in range(PAYLOADS)]
+    if args.peer and (args.pipeline != "forward" or not PEER.exists()):
+        parser.error("--peer needs --pipeline forward and bench/otelcol/build.sh run first")
+    payloads = [build_request(seed, args.traces).SerializeToString() for seed in range(PAYLOADS)]
+    work = Load(payloads, args.seconds, args.connections, args.spans_per_second)
     processors, exporters = PIPELINES[args.pipeline]
     config = CONFIG.format(processors=processors, exporters=exporters, rate=args.rate)
-    with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp, OtlpSink() as sink:
-        config = config.replace("{otlp}", sink.endpoint)
-        counted = sink if args.pipeline == "forward" else None
-        sidecar = run_sidecar(payloads, args.seconds, args.connections, Path(tmp), config, counted)
-    ceiling = run_ceiling(payloads, args.seconds, args.connections)
-    data = results(args, payloads, sidecar, ceiling)
+    with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp, Sink() as sink:
+        config = config.replace("{otlp}", sink.endpoint).replace("{dsn}", sink.dsn)
+        counted = sink if args.pipeline in ("forward", "sentry") else None
+        sidecar = run_sidecar(work, Path(tmp), config, counted)
+        peer = None
+        if args.peer:
+            peer = run_peer(work, Path(tmp), sink, args.rate, tuple(args.peer_skip))
+    ceiling = run_ceiling(work)
+    data = results(args, payloads, sidecar, ceiling, peer)
     if args.json:
         print(json.dumps(data))
     else:
         print_table(data)
-    return 0 if sidecar[1].exit_code == 0 and ceiling[1] == 0 else 1
+    exits = [sidecar[1].exit_code, ceiling[1], *([] if peer is None else [peer[1]])]
+    return 0 if all(code == 0 for code in exits) else 1
 
 
 if __name__ == "__main__":
