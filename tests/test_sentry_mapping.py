@@ -295,3 +295,22 @@ def test_envelope_json_is_utf8_and_keeps_what_ascii_escapes_would() -> None:
     raw = envelope.json_payload(odd).get_bytes()
     assert b"\\udc80" in raw and json.loads(raw) == odd
     assert json.loads(envelope.json_payload({"x": float("nan")}).get_bytes()) == {"x": None}
+
+
+def test_an_envelope_is_byte_for_byte_what_sentry_sdk_would_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its JSON lines are encoded by orjson, the framing is sentry_sdk's: the same bytes."""
+    from sentry_sdk.envelope import Envelope, Item
+
+    monkeypatch.setattr(envelope, "_now_iso", lambda: "2026-11-29T00:00:00.000000Z")
+    items = [
+        Item(payload=envelope.json_payload({"type": "transaction", "é": [1, 2.5]}),
+             type="transaction"),
+        Item(payload=envelope.json_payload({"items": [{"body": "x"}]}), type="log",
+             headers={"item_count": 1, "content_type": envelope.LOG_CONTENT_TYPE}),
+    ]  # fmt: skip
+    headers = {"event_id": "0" * 32, "dsn": "http://k@h/1", "trace": {"trace_id": "1" * 32}}
+    report = Item(payload=envelope.json_payload({"discarded_events": []}), type="client_report")
+    sdk = Envelope({**headers, "sent_at": "2026-11-29T00:00:00.000000Z"}, [*items, report])
+    assert envelope.Outgoing(headers, items).serialize([report]) == sdk.serialize()

@@ -34,15 +34,19 @@ _ENCODER = json.JSONEncoder(
 )
 
 
-def json_payload(value: Any) -> PayloadRef:
-    """An item's JSON as UTF-8: orjson (a 3 KB transaction in a tenth of the stdlib's time);
-    a NaN the mapping left becomes null. A lone surrogate stays the JSON escape ASCII
-    escaping would have written."""
+def json_bytes(value: Any) -> bytes:
+    """JSON as UTF-8: orjson (a 3 KB transaction in a tenth of the stdlib's time); a NaN the
+    mapping left becomes null. A lone surrogate stays the JSON escape ASCII escaping would
+    have written."""
     try:
-        encoded = orjson.dumps(value)
+        return orjson.dumps(value)
     except orjson.JSONEncodeError:
-        encoded = _ENCODER.encode(value).encode("utf-8", "backslashreplace")
-    return PayloadRef(bytes=encoded)
+        return _ENCODER.encode(value).encode("utf-8", "backslashreplace")
+
+
+def json_payload(value: Any) -> PayloadRef:
+    """An item's JSON payload (:func:`json_bytes`)."""
+    return PayloadRef(bytes=json_bytes(value))
 
 
 def category(item: Item) -> str:
@@ -72,8 +76,14 @@ class Outgoing:
         return counts
 
     def serialize(self, extra: Iterable[Item] = ()) -> bytes:
-        headers = {**self.headers, "sent_at": _now_iso()}
-        return Envelope(headers=headers, items=[*self.items, *extra]).serialize()
+        """The envelope as ``Envelope.serialize`` writes it (a header line, then each item's
+        header, with its payload's ``length``, and payload), its JSON lines by orjson."""
+        lines = [json_bytes({**self.headers, "sent_at": _now_iso()})]
+        for item in [*self.items, *extra]:
+            payload = item.get_bytes()
+            lines += (json_bytes({**item.headers, "length": len(payload)}), payload)
+        lines.append(b"")
+        return b"\n".join(lines)
 
 
 def _stored(outgoing: Outgoing) -> bytes:
