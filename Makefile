@@ -53,6 +53,8 @@ bench: $(DEV)  ## throughput, the app's cost, then the targets' table; figures i
 	$(BIN)/python bench/throughput.py --pipeline forward
 	$(BIN)/python bench/processors.py
 	$(BIN)/python bench/app_overhead.py
+	$(PIP) 'matplotlib>=3.8,<4'  # draws the scaling curves
+	$(BIN)/python bench/curves.py
 	$(BIN)/python bench/targets.py
 
 mutate: $(DEV)  ## mutation testing (mutmut) of the pipeline, processors, exporter helper, admission

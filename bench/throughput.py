@@ -222,6 +222,15 @@ def _child_span(rng: random.Random, trace_id: bytes, parent: Span, item: int) ->
     return span
 
 
+_STACKTRACE = """Traceback (most recent call last):
+  File "/app/shop/api/items.py", line 88, in get_item
+    return render_item(load_item(item_id))
+  File "/app/shop/api/items.py", line 41, in render_item
+    "price": item["price"] * (1 - discount),
+KeyError: 'price'
+"""
+
+
 def _trace(rng: random.Random, start_ns: int, size: int) -> list[Span]:
     """A SERVER root and its descendants; each parent is the root or an INTERNAL span."""
     trace_id = rng.randbytes(16)
@@ -239,6 +248,15 @@ def _trace(rng: random.Random, start_ns: int, size: int) -> list[Span]:
         attributes=_attributes(_server_attributes(rng, item, status)),
         status=Status(code=Status.STATUS_CODE_OK if status == 200 else Status.STATUS_CODE_ERROR),
     )
+    if status == 500:  # what the app's instrumentation records on the failing request
+        root.events.add(name="exception", time_unix_nano=root.end_time_unix_nano).attributes.extend(
+            _attributes({
+                "exception.type": "KeyError",
+                "exception.message": f"'price' for item {item}",
+                "exception.stacktrace": _STACKTRACE,
+                "exception.escaped": True,
+            })
+        )  # fmt: skip
     spans, parents = [root], [root]
     for _ in range(size - 1):
         child = _child_span(rng, trace_id, rng.choice(parents), item)
@@ -248,8 +266,10 @@ def _trace(rng: random.Random, start_ns: int, size: int) -> list[Span]:
     return spans
 
 
-def build_request(seed: int = 1, traces: int = TRACES) -> ExportTraceServiceRequest:
-    """512 spans in ``traces`` traces (8 of 64 by default)."""
+def build_request(
+    seed: int = 1, traces: int = TRACES, spans: int = SPANS_PER_REQUEST
+) -> ExportTraceServiceRequest:
+    """``spans`` spans in ``traces`` traces of equal size (8 of 64 by default)."""
     rng = random.Random(seed)
     resource = _attributes(
         {
@@ -271,7 +291,7 @@ def build_request(seed: int = 1, traces: int = TRACES) -> ExportTraceServiceRequ
     scope_spans.scope.version = "0.59b0"
     for index in range(traces):
         start = now - (traces - index) * 1_000_000_000
-        scope_spans.spans.extend(_trace(rng, start, SPANS_PER_REQUEST // traces))
+        scope_spans.spans.extend(_trace(rng, start, spans // traces))
     return request
 
 
@@ -285,6 +305,7 @@ class LoadResult:
     elapsed_s: float
     ack_ms: tuple[float, float, float]  # how long calls waited for an answer: p50, p99, max
     ok_by_payload: dict[int, int]  # answered OK, per index into the payloads
+    sent_at: dict[int, float]  # a request's stamp (see FreshTraces) -> when it was sent (epoch)
 
 
 def trace_ids(raw: bytes) -> list[bytes]:
@@ -313,26 +334,31 @@ class FreshTraces:
                 at = raw.find(trace_id, at + len(trace_id))
         return offsets
 
-    def send(self, index: int) -> bytes:
+    def send(self, index: int) -> tuple[int, bytes]:
+        """The request's stamp (the number its trace ids begin with) and its encoding."""
         self._sends += 1
         stamp = self._sends.to_bytes(4, "big")
         encoded = bytearray(self._payloads[index])
         for at in self._offsets[index]:
             encoded[at : at + 4] = stamp
-        return bytes(encoded)
+        return self._sends, bytes(encoded)
+
+
+def stamp_of(trace_id: bytes) -> int:
+    return int.from_bytes(trace_id[:4], "big")
 
 
 def _load_main(
-    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, pace: float
+    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, every: float
 ) -> None:
-    conn.send(asyncio.run(_drive(conn, target, payloads, seconds, calls, pace)))
+    conn.send(asyncio.run(_drive(conn, target, payloads, seconds, calls, every)))
 
 
 async def _drive(
-    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, pace: float
+    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, every: float
 ) -> LoadResult:
     """``calls`` workers send for ``seconds``, each as soon as its last call was answered or,
-    with ``pace`` (spans/s), at the next slot of a steady schedule."""
+    with ``every`` (seconds), at the next slot of a steady schedule."""
     import grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
@@ -342,21 +368,23 @@ async def _drive(
         await asyncio.to_thread(conn.recv)  # "go"
         fresh = FreshTraces(payloads)
         ok, errors, waits = Counter[int](), Counter[str](), []
+        sent_at: dict[int, float] = {}
         started = time.monotonic()
         deadline = started + seconds
         slots = itertools.count()
-        interval = SPANS_PER_REQUEST / pace if pace else 0.0
 
         async def worker(offset: int) -> None:
             sent = offset
             while time.monotonic() < deadline:
-                if interval:
-                    await asyncio.sleep(started + next(slots) * interval - time.monotonic())
+                if every:
+                    await asyncio.sleep(started + next(slots) * every - time.monotonic())
                 sent += 1
                 index = sent % len(payloads)
                 asked = time.perf_counter()
                 try:
-                    await export(fresh.send(index), timeout=30)
+                    stamp, encoded = fresh.send(index)
+                    sent_at[stamp] = time.time()
+                    await export(encoded, timeout=30)
                     ok[index] += 1
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] += 1
@@ -364,13 +392,18 @@ async def _drive(
 
         await asyncio.gather(*(worker(index * 7) for index in range(calls)))
         elapsed = time.monotonic() - started
-        return LoadResult(ok.total(), dict(errors), elapsed, _ack_ms(waits), dict(ok))
+        return LoadResult(ok.total(), dict(errors), elapsed, _ack_ms(waits), dict(ok), sent_at)
 
 
 def _ack_ms(waits: list[float]) -> tuple[float, float, float]:
-    if len(waits) < 2:
-        return (0.0, 0.0, 0.0)
-    cuts = statistics.quantiles(waits, n=100)
+    return _percentiles_ms(waits) if len(waits) > 1 else (0.0, 0.0, 0.0)
+
+
+def _percentiles_ms(waits: list[float]) -> tuple[float, float, float]:
+    """p50, p99 and max in milliseconds (a single wait is all three)."""
+    if len(waits) == 1:
+        return (waits[0] * 1000,) * 3
+    cuts = statistics.quantiles(waits, n=100, method="inclusive")  # never above the max
     return (cuts[49] * 1000, cuts[98] * 1000, max(waits) * 1000)
 
 
@@ -405,12 +438,16 @@ class Measurement:
     cpu_start_s: float = 0.0  # the server's CPU seconds when the load began
     cpu_until_delivered_s: float | None = None  # from the load's start until the sink was quiet
     delivered: dict[str, int] = field(default_factory=dict)  # what the sink received
+    sent_at: dict[int, float] = field(default_factory=dict)  # see LoadResult; emptied once used
+    delivery_ms: tuple[float, float, float] | None = None  # send to the sink: p50, p99, max
+    error_event_ms: tuple[float, float, float] | None = None  # send to an error event's arrival
     spans_written: int | None = None
+    spans_per_request: int = SPANS_PER_REQUEST
     spans_per_s: float = field(init=False)
     spans_per_cpu_s: float = field(init=False)
 
     def __post_init__(self) -> None:
-        spans = self.ok_requests * SPANS_PER_REQUEST
+        spans = self.ok_requests * self.spans_per_request
         self.spans_per_s = spans / self.elapsed_s if self.elapsed_s else 0.0
         self.spans_per_cpu_s = spans / self.cpu_s if self.cpu_s else 0.0
 
@@ -421,12 +458,14 @@ class Load:
     seconds: float
     calls: int  # in flight at most
     pace: float = 0.0  # spans/s on a steady schedule; 0: as fast as answered
+    spans_per_request: int = SPANS_PER_REQUEST
 
 
 def measure(server_pid: int, target: str, work: Load) -> Measurement:
     """Run the load generator against `target`, reading the server's CPU around the window."""
     parent, child = SPAWN.Pipe()
-    args = (child, target, work.payloads, work.seconds, work.calls, work.pace)
+    every = work.spans_per_request / work.pace if work.pace else 0.0
+    args = (child, target, work.payloads, work.seconds, work.calls, every)
     load = SPAWN.Process(target=_load_main, args=args, name="bench-load")
     load.start()
     child.close()
@@ -441,8 +480,11 @@ def measure(server_pid: int, target: str, work: Load) -> Measurement:
         load.join(10)
         if load.is_alive():
             load.kill()
-    return Measurement(result.ok_requests, result.errors, result.elapsed_s, after - before,
-                       result.ack_ms, peak, result.ok_by_payload, before)  # fmt: skip
+    return Measurement(
+        result.ok_requests, result.errors, result.elapsed_s, after - before, result.ack_ms, peak,
+        result.ok_by_payload, before, sent_at=result.sent_at,
+        spans_per_request=work.spans_per_request,
+    )  # fmt: skip
 
 
 def _expect(conn: Connection, wanted: Any, timeout: float, failure: str) -> Any:
@@ -548,6 +590,8 @@ def run_sidecar(
     stdout, stderr = Drain(process.stdout), Drain(process.stderr)
     report = SidecarReport()
     before = Counter[str]() if sink is None else sink.counts()
+    if sink is not None:
+        sink.arrivals()  # from here on: this run's
     try:
         target = wait_for_start(stdout, STARTUP_TIMEOUT_S)
         result = measure(process.pid, target, work)
@@ -573,7 +617,20 @@ def run_sidecar(
     else:
         result.delivered = dict(sink.counts() - before)
         result.spans_written = result.delivered.get("spans", 0)
+        delays(result, sink.arrivals())
     return result, report
+
+
+def delays(result: Measurement, arrivals: dict[str, list[tuple[int, float]]]) -> None:
+    """How long after its request was sent each request's last span and each error event
+    reached the sink (both clocks are this machine's)."""
+    sent, result.sent_at = result.sent_at, {}
+    for kind, name in (("spans", "delivery_ms"), ("event", "error_event_ms")):
+        waits = [
+            arrived - sent[stamp] for stamp, arrived in arrivals.get(kind, ()) if stamp in sent
+        ]
+        if waits:
+            setattr(result, name, _percentiles_ms(waits))
 
 
 def wait_until_steady(count: Callable[[], int], quiet_s: float = 1.0, limit_s: float = 60) -> None:
@@ -612,6 +669,12 @@ class Sink:
     def spans(self) -> int:
         return self.counts()["spans"]
 
+    def arrivals(self) -> dict[str, list[tuple[int, float]]]:
+        """Since the last call: (stamp, time) of each request's last span and of each error
+        event (their trace ids begin with the request's stamp, see FreshTraces)."""
+        self._conn.send("arrivals")
+        return dict(_expect(self._conn, None, 10, "the sink did not answer"))
+
     def sentry_items(self) -> int:
         counts = self.counts()
         return counts["transaction"] + counts["event"]
@@ -634,21 +697,29 @@ async def _serve_sink(conn: Connection) -> None:
     from sentry_sdk.envelope import Envelope
 
     counts = Counter[str]()
+    last_span: dict[int, float] = {}
+    events: list[tuple[int, float]] = []
     ok = ExportTraceServiceResponse().SerializeToString()
 
     async def traces(request: web.Request) -> web.Response:
         body = gzip.decompress(await request.read())
         batch = ExportTraceServiceRequest.FromString(body)
-        counts["spans"] += sum(
-            len(ss.spans) for rs in batch.resource_spans for ss in rs.scope_spans
-        )
+        now = time.time()
+        spans = [s for r in batch.resource_spans for ss in r.scope_spans for s in ss.spans]
+        counts["spans"] += len(spans)
+        last_span.update((stamp_of(span.trace_id), now) for span in spans)
         return web.Response(body=ok, content_type="application/x-protobuf")
 
     async def envelope(request: web.Request) -> web.Response:
         body = await request.read()
         if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
-        counts.update(item.type for item in Envelope.deserialize(body).items)
+        now = time.time()
+        for item in Envelope.deserialize(body).items:
+            counts[item.type or ""] += 1
+            if item.type == "event" and item.payload.json is not None:
+                trace_id = item.payload.json["contexts"]["trace"]["trace_id"]
+                events.append((stamp_of(bytes.fromhex(trace_id)), now))
         return web.Response(text="{}")
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
@@ -662,7 +733,12 @@ async def _serve_sink(conn: Connection) -> None:
         message = await asyncio.to_thread(conn.recv)
         if message == "stop":
             break
-        conn.send(dict(counts))
+        if message == "arrivals":
+            conn.send({"spans": list(last_span.items()), "event": list(events)})
+            last_span.clear()
+            events.clear()
+        else:
+            conn.send(dict(counts))
     await runner.cleanup()
 
 
@@ -735,10 +811,12 @@ def run_peer(
                                    stderr=subprocess.STDOUT)  # fmt: skip
         try:
             before = sink.spans()
+            sink.arrivals()
             result = measure(process.pid, f"127.0.0.1:{port}", work)
             wait_until_steady(sink.spans)
             result.cpu_until_delivered_s = cpu_seconds(process.pid) - result.cpu_start_s
             result.spans_written = sink.spans() - before
+            delays(result, sink.arrivals())
             process.terminate()
             exit_code = process.wait(30)
         finally:
@@ -824,7 +902,7 @@ def sentry_delivery(payloads: list[bytes], rate: float, side: Measurement) -> di
     kept = [sum(sampling.randomness(t) >= floor for t in trace_ids(raw)) for raw in payloads]
     cpu = side.cpu_until_delivered_s or 0.0
     transactions = side.delivered.get("transaction", 0)
-    accepted = side.ok_requests * SPANS_PER_REQUEST
+    accepted = side.ok_requests * side.spans_per_request
     return {
         "kept_traces": sum(kept[index] * ok for index, ok in side.ok_by_payload.items()),
         "transactions": transactions,
@@ -845,7 +923,7 @@ def results(
     data = {
         "seconds": args.seconds,
         "connections": args.connections,
-        "spans_per_request": SPANS_PER_REQUEST,
+        "spans_per_request": args.spans,
         "pipeline": args.pipeline,
         "rate": args.rate,
         "traces_per_request": args.traces,
@@ -899,6 +977,13 @@ def _print_notes(data: dict[str, Any]) -> None:
     side = data["sidecar"]
     accepted = side["ok_requests"] * data["spans_per_request"]
     print(f"sidecar spans accepted {accepted}, written {side['spans_written']}")
+    for name, what in (
+        ("delivery_ms", "a request's last span"),
+        ("error_event_ms", "error events"),
+    ):
+        if waits := side.get(name):
+            shown = "/".join(f"{ms:,.0f}" for ms in waits)
+            print(f"sent to the sink, {what}: p50/p99/max {shown} ms")
     if sentry := data.get("sentry"):
         print(f"Sentry: {sentry['transactions']:,} transactions for {sentry['kept_traces']:,} "
               f"kept traces, {sentry['error_events']:,} error events; until delivered "
@@ -927,8 +1012,9 @@ def main() -> int:
         help="basic: batch only; reference: the reference trace processors",
     )
     parser.add_argument("--rate", type=float, default=0.1, help="sampler rate (reference)")
+    parser.add_argument("--spans", type=int, default=SPANS_PER_REQUEST, help="per request (512)")
     parser.add_argument(
-        "--traces", type=int, default=TRACES, help="traces per 512-span request (8, of 64 spans)"
+        "--traces", type=int, default=TRACES, help="per request, of equal size (8, of 64 spans)"
     )
     parser.add_argument(
         "--peer",
@@ -952,8 +1038,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.peer and (args.pipeline != "forward" or not PEER.exists()):
         parser.error("--peer needs --pipeline forward and bench/otelcol/build.sh run first")
-    payloads = [build_request(seed, args.traces).SerializeToString() for seed in range(PAYLOADS)]
-    work = Load(payloads, args.seconds, args.connections, args.spans_per_second)
+    if not 1 <= args.traces <= args.spans or args.spans % args.traces:
+        parser.error("--traces must divide --spans")
+    payloads = [build_request(seed, args.traces, args.spans).SerializeToString()
+                for seed in range(PAYLOADS)]  # fmt: skip
+    work = Load(payloads, args.seconds, args.connections, args.spans_per_second, args.spans)
     processors, exporters = PIPELINES[args.pipeline]
     config = CONFIG.format(processors=processors, exporters=exporters, rate=args.rate)
     with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp, Sink() as sink:
