@@ -100,9 +100,10 @@ def count_error(kind: str, route: str) -> None:
 class LineBudget:
     """At most ``rate`` lines a second, a burst of ten seconds' worth (a token bucket), for a
     component that could otherwise flood the sidecar's log. A line refused is counted; the
-    count is told on one ``skipped_event`` line before the next line allowed, at most once
-    every :data:`SUMMARY_INTERVAL_S` (under a lasting flood, one summary for each allowed line
-    would double the lines), and at ``flush``.
+    count is told on one ``skipped_event`` line before the next line allowed, or once lines
+    have been skipped for :data:`SUMMARY_INTERVAL_S`, at most once per interval (under a
+    lasting flood, one summary for each allowed line would double the lines), and at
+    ``flush``.
     """
 
     SUMMARY_INTERVAL_S = 10.0
@@ -112,7 +113,7 @@ class LineBudget:
         self._tokens, self._at = self._burst, time.monotonic()
         self._skipped_event, self._context = skipped_event, context
         self._skipped = 0
-        self._told_at = -math.inf
+        self._skipping_since = self._told_at = -math.inf
 
     def allow(self) -> bool:
         """Whether a line may be written now (if not, it is counted as skipped)."""
@@ -120,11 +121,14 @@ class LineBudget:
         self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
         self._at = now
         if self._tokens < 1:
+            if not self._skipped:
+                self._skipping_since = now
             self._skipped += 1
+            if now - self._skipping_since >= self.SUMMARY_INTERVAL_S:
+                self._tell_if_due(now)  # a flood that never lets a line through is told too
             return False
         self._tokens -= 1
-        if now - self._told_at >= self.SUMMARY_INTERVAL_S:
-            self.flush()
+        self._tell_if_due(now)
         return True
 
     def skip(self, lines: int) -> bool:
@@ -135,6 +139,10 @@ class LineBudget:
             return False
         self._skipped += lines
         return True
+
+    def _tell_if_due(self, now: float) -> None:
+        if now - self._told_at >= self.SUMMARY_INTERVAL_S:
+            self.flush()
 
     def flush(self) -> None:
         """Tell how many lines were skipped since the last time, if any were."""

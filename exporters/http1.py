@@ -6,15 +6,20 @@ timers and tracing hooks); this client writes the request in one go and reads th
 the connection it came from, ~150 µs. It does what that exchange needs and no more: http and
 https (the system's CAs), connections reused until the server closes them or says
 ``Connection: close``, answers with Content-Length, chunked, or to the end of the connection,
-no redirects, no proxies, no cookies. A connection taken from the idle ones that turns out
-closed before a byte of the answer arrived is replaced once: a server may close an idle
-connection just as the request is written, which is not a failure of the request.
+no redirects, no proxies, no cookies; interim (1xx) answers skipped. An idle connection is
+not reused once it is older than IDLE_S (a NAT or load balancer may have forgotten it
+without a word), closed, or holding bytes nobody asked for (a server's 408 before it
+closes). One taken from the idle ones that turns out closed before a byte of the answer
+arrived is replaced: a server may close an idle connection just as the request is written,
+which is not a failure of the request (Sentry drops a repeated event id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,7 +27,9 @@ from collector import __version__
 
 MAX_ANSWER_BYTES = 1 << 20  # Sentry answers a few bytes of JSON; anything bigger is not it
 MAX_HEAD_BYTES = 64 * 1024
-_IDLE_MAX = 8  # connections kept between requests (the sending queue's senders are fewer)
+MAX_TRAILER_LINES = 64
+IDLE_S = 15.0  # an idle connection older than this is closed, not reused (aiohttp's default)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")  # at most 4 GiB: the cap below is 1 MiB
 
 
 class HttpError(Exception):
@@ -38,6 +45,16 @@ class Answer:
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
+
+    def reusable(self, now: float) -> bool:
+        """Young enough, open, and with nothing unasked-for waiting to be read."""
+        return (
+            now - self.idle_since < IDLE_S
+            and not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and not self.reader._buffer  # StreamReader has no public peek: asyncio's own field
+        )
 
     def close(self) -> None:
         self.writer.close()
@@ -53,6 +70,7 @@ class Http1Client:
         headers: dict[str, str],
         timeout_s: float,
         tls: ssl.SSLContext | None = None,  # for https: the system's CAs if not given
+        max_idle: int = 8,  # connections kept between requests: one per concurrent sender
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -63,7 +81,9 @@ class Http1Client:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        authority = parts.netloc.rpartition("@")[2]  # never userinfo in the Host header
+        host = self._host if self._host.isascii() else self._host.encode("idna").decode()
+        host = f"[{host}]" if ":" in host else host  # an IPv6 literal
+        authority = host if parts.port is None else f"{host}:{parts.port}"  # never userinfo
         lines = [f"POST {target} HTTP/1.1", f"Host: {authority}",
                  f"User-Agent: otel-sidecar/{__version__}"]  # fmt: skip
         for name, value in headers.items():
@@ -72,14 +92,15 @@ class Http1Client:
             lines.append(f"{name}: {value}")
         self._head = "\r\n".join([*lines, "Content-Length: "]).encode("latin-1")
         self._timeout_s = timeout_s
+        self._max_idle = max_idle
         self._idle: list[_Connection] = []
 
     async def post(self, body: bytes) -> Answer:
         request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
         async with asyncio.timeout(self._timeout_s):
-            while self._idle:
+            while connection := self._take_idle():
                 try:
-                    return await self._exchange(self._idle.pop(), request)
+                    return await self._exchange(connection, request)
                 except _ClosedBeforeAnswer:
                     pass  # closed by the server while idle: the next one, or a new one
             try:
@@ -91,6 +112,15 @@ class Http1Client:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()  # the most recently used: the likeliest alive
+            if connection.reusable(now):
+                return connection
+            connection.close()
+        return None
 
     async def _open(self) -> _Connection:
         reader, writer = await asyncio.open_connection(
@@ -104,7 +134,8 @@ class Http1Client:
         except BaseException:  # failed, cancelled or timed out: the connection is unusable
             connection.close()
             raise
-        if keep and len(self._idle) < _IDLE_MAX:
+        if keep and len(self._idle) < self._max_idle:
+            connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
             connection.close()
@@ -121,6 +152,8 @@ async def _answer(connection: _Connection, request: bytes) -> tuple[Answer, bool
         writer.write(request)
         await writer.drain()
         raw = await reader.readuntil(b"\r\n\r\n")
+        while raw.startswith(b"HTTP/1.1 1") and not raw.startswith(b"HTTP/1.1 101"):
+            raw = await reader.readuntil(b"\r\n\r\n")  # an interim answer: the next is ours
     except asyncio.IncompleteReadError as error:
         if error.partial:
             raise HttpError("answer cut short") from None
@@ -149,7 +182,12 @@ def _parse_head(raw: bytes) -> tuple[Answer, bool]:
             name, colon, value = line.partition(":")
             if not colon:
                 raise HttpError("malformed header line")
-            headers[name.strip().lower()] = value.strip()
+            name, value = name.strip().lower(), value.strip()
+            if name in headers:  # repeated: a list, except a length, which must agree
+                if name == "content-length" and value != headers[name]:
+                    raise HttpError("conflicting Content-Length")
+                value = f"{headers[name]}, {value}"
+            headers[name] = value
     tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
     keep = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
     return Answer(int(rest[:3]), headers), keep
@@ -163,15 +201,16 @@ async def _read_body(reader: asyncio.StreamReader, answer: Answer, keep: bool) -
         return keep  # no body, whatever the headers say
     if "chunked" in headers.get("transfer-encoding", "").lower():
         total = 0
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16):
+        while size := _chunk_size(await reader.readuntil(b"\r\n")):
             total += size
             if total > MAX_ANSWER_BYTES:
                 raise HttpError("answer too long")
             await reader.readexactly(size + 2)  # the chunk and its CRLF
-        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the end
-            pass
-        return keep
-    length = headers.get("content-length")
+        for _ in range(MAX_TRAILER_LINES):  # trailers, then the end
+            if await reader.readuntil(b"\r\n") == b"\r\n":
+                return keep
+        raise HttpError("too many trailer lines")
+    length = headers.get("content-length", "").partition(",")[0] or None
     if length is not None:
         if not length.isdigit() or int(length) > MAX_ANSWER_BYTES:
             raise HttpError("bad Content-Length")
@@ -183,3 +222,11 @@ async def _read_body(reader: asyncio.StreamReader, answer: Answer, keep: bool) -
         if total > MAX_ANSWER_BYTES:
             raise HttpError("answer too long")
     return False
+
+
+def _chunk_size(line: bytes) -> int:
+    """A chunk's size line (hex digits, then maybe ;extensions)."""
+    digits = line.split(b";")[0].strip()
+    if not _CHUNK_SIZE.fullmatch(digits):
+        raise HttpError("bad chunk size")
+    return int(digits, 16)

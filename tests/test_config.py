@@ -226,15 +226,16 @@ def test_trace_only_processor_in_logs_pipeline_is_refused() -> None:
 def test_the_sidecar_process_never_loads_pretty_traceback_libraries(tmp_path: Path) -> None:
     """structlog imports rich or better_exceptions when installed (15 MiB, 0.1 s of start-up)
     for tracebacks the sidecar never prints: with both installed (stand-ins here), nothing
-    the CLI and its components import loads them."""
+    the CLI and its components import loads them; a plugin that imports rich still can."""
     for name in ("rich", "better_exceptions"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("LOADED = True\n")
     probe = ("import sys, collector.cli, collector.components as c; "
              "[kind.factory for kinds in c.sections().values() for kind in kinds.values()]; "
              "import structlog.dev; "
-             "print([m for m in ('rich', 'better_exceptions') if sys.modules.get(m)])")  # fmt: skip
+             "print([m for m in ('rich', 'better_exceptions') if sys.modules.get(m)]); "
+             "import rich; print(rich.LOADED)")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                             text=True, timeout=60, check=True,
                             env={**os.environ, "PYTHONPATH": str(tmp_path)})  # fmt: skip
-    assert result.stdout.split() == ["[]"]
+    assert result.stdout.split() == ["[]", "True"]

@@ -51,6 +51,7 @@ def serve(
     scenario: Callable[[Http1Client, Server], Awaitable[None]],
     tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     timeout_s: float = 5,
+    max_idle: int = 8,
 ) -> Server:
     server = server if isinstance(server, Server) else Server(server)
 
@@ -60,7 +61,8 @@ def serve(
         port = listening.sockets[0].getsockname()[1]
         scheme = "http" if tls is None else "https"
         url = f"{scheme}://key@127.0.0.1:{port}/api/1/envelope/?x=1"
-        client = Http1Client(url, {"X-Test": "yes"}, timeout_s, None if tls is None else tls[1])
+        client = Http1Client(url, {"X-Test": "yes"}, timeout_s, None if tls is None else tls[1],
+                             max_idle)  # fmt: skip
         try:
             await scenario(client, server)
         finally:
@@ -141,7 +143,16 @@ def test_an_idle_connection_the_server_closed_is_replaced_without_failing_the_re
             "bad Content-Length",
         ),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", None),  # cut short, then closed
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed answer"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n", "bad chunk size"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"T: t\r\n" * 65,
+            "too many trailer lines",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            "conflicting Content-Length",
+        ),
     ],
 )
 def test_broken_answers_fail_the_request_with_a_clear_error(answer: bytes, error: str) -> None:
@@ -173,12 +184,89 @@ def test_a_server_that_never_answers_times_out_and_one_that_is_gone_is_an_os_err
     asyncio.run(refused())
 
 
+def test_interim_answers_are_skipped_and_each_request_gets_its_own_answer() -> None:
+    answers = {1: b"HTTP/1.1 100 Continue\r\n\r\n" + OK.replace(b"200 OK", b"201 Created"),
+               2: OK}  # fmt: skip
+
+    async def scenario(client: Http1Client, server: Server) -> None:
+        assert [(await client.post(b"x")).status for _ in range(2)] == [201, 200]
+
+    assert serve(lambda number: answers[number], scenario).connections == 1
+
+
+def test_an_idle_connection_with_unasked_for_bytes_or_too_old_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that says 408 on an idle connection before closing it: that answer is not
+    the next request's. A connection idle past IDLE_S may be gone without a word."""
+    timeout = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+    class Nagging(Server):
+        async def handle(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:  # fmt: skip
+            self.connections += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            self.requests.append(head + await reader.readexactly(length))
+            writer.write(OK)
+            await asyncio.sleep(0.05)
+            writer.write(timeout)  # unasked for, and the connection stays open a while
+            await asyncio.sleep(0.5)
+            writer.close()
+
+    async def nagged(client: Http1Client, server: Server) -> None:
+        assert (await client.post(b"1")).status == 200
+        await asyncio.sleep(0.2)
+        assert (await client.post(b"2")).status == 200
+
+    assert serve(Nagging(lambda _: OK), nagged).connections == 2
+
+    async def aged(client: Http1Client, server: Server) -> None:
+        for _ in range(2):
+            assert (await client.post(b"x")).status == 200
+
+    assert serve(lambda _: OK, aged).connections == 1
+    monkeypatch.setattr("exporters.http1.IDLE_S", 0.0)
+    assert serve(lambda _: OK, aged).connections == 2
+
+
+def test_no_more_idle_connections_are_kept_than_asked() -> None:
+    async def scenario(client: Http1Client, server: Server) -> None:
+        await asyncio.gather(*(client.post(b"x") for _ in range(3)))
+        assert server.connections == 3 and len(client._idle) == 1
+
+    serve(lambda _: OK, scenario, max_idle=1)
+
+
 def test_no_body_answers_keep_the_connection() -> None:
     async def scenario(client: Http1Client, server: Server) -> None:
         for _ in range(2):
             assert (await client.post(b"x")).status == 204
 
     assert serve(lambda _: b"HTTP/1.1 204 No Content\r\n\r\n", scenario).connections == 1
+
+
+def test_an_ipv6_sentry_is_reached_with_its_address_in_brackets() -> None:
+    """As the Sentry exporter builds its URL from a DSN such as http://key@[::1]:9000/5."""
+    from exporters.retry import QueueSettings, RetrySettings
+    from exporters.sentry.transport import SentryTransport
+
+    server = Server(lambda _: OK)
+
+    async def main() -> None:
+        listening = await asyncio.start_server(server.handle, "::1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        transport = SentryTransport("sentry", f"http://key@[::1]:{port}/5", QueueSettings(),
+                                    RetrySettings(), 5.0)  # fmt: skip
+        try:
+            assert await transport._post(b"x") == 200
+        finally:
+            await transport._client.close()
+            listening.close()
+
+    asyncio.run(main())
+    lines = server.requests[0].split(b"\r\n")
+    assert lines[0] == b"POST /api/5/envelope/ HTTP/1.1" and lines[1].startswith(b"Host: [::1]:")
 
 
 def test_header_values_with_line_breaks_are_refused() -> None:

@@ -300,7 +300,8 @@ def test_envelope_json_is_utf8_and_keeps_what_ascii_escapes_would() -> None:
 def test_an_envelope_is_byte_for_byte_what_sentry_sdk_would_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Its JSON lines are encoded by orjson, the framing is sentry_sdk's: the same bytes."""
+    """Its JSON lines are encoded by orjson, the framing is sentry_sdk's: the same bytes; with
+    non-ASCII text in a header (UTF-8 here, escaped there) the same envelope when read."""
     from sentry_sdk.envelope import Envelope, Item
 
     monkeypatch.setattr(envelope, "_now_iso", lambda: "2026-11-29T00:00:00.000000Z")
@@ -314,3 +315,11 @@ def test_an_envelope_is_byte_for_byte_what_sentry_sdk_would_write(
     report = Item(payload=envelope.json_payload({"discarded_events": []}), type="client_report")
     sdk = Envelope({**headers, "sent_at": "2026-11-29T00:00:00.000000Z"}, [*items, report])
     assert envelope.Outgoing(headers, items).serialize([report]) == sdk.serialize()
+    named = {**headers, "trace": {"trace_id": "1" * 32, "transaction": "GET /café"}}
+    ours = Envelope.deserialize(envelope.Outgoing(named, items).serialize())
+    theirs = Envelope({**named, "sent_at": "2026-11-29T00:00:00.000000Z"}, items)
+    assert ours.headers == theirs.headers
+    assert [(i.headers, json.loads(i.get_bytes())) for i in ours.items] == [
+        ({**i.headers, "length": len(i.get_bytes())}, json.loads(i.get_bytes()))
+        for i in theirs.items
+    ]

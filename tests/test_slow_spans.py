@@ -264,6 +264,14 @@ def test_a_lasting_flood_is_summed_up_every_ten_seconds_not_before_every_line(
     assert len(summaries) == 4  # at 10, 20, 30 s (before an allowed line), and the flush
     assert sum(summaries) == 300 - allowed
 
+    closed = LineBudget(0.01, "lines_skipped")  # not one line ever allowed
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(25):
+            assert not closed.allow()
+            clock[0] += 1.0
+    # Told during the flood, every ten seconds of it, not only at shutdown.
+    assert [log["count"] for log in logs] == [11, 11]  # at 10 s and at 21 s
+
 
 def test_array_values_log_as_their_scrubbed_json_and_long_ones_are_cut() -> None:
     """An array route is logged as the JSON it is (non-ASCII kept), scrubbed; a value of

@@ -76,8 +76,10 @@ class Outgoing:
         return counts
 
     def serialize(self, extra: Iterable[Item] = ()) -> bytes:
-        """The envelope as ``Envelope.serialize`` writes it (a header line, then each item's
-        header, with its payload's ``length``, and payload), its JSON lines by orjson."""
+        """The envelope as ``Envelope.serialize`` frames it (a header line, then each item's
+        header, with its payload's ``length``, and payload), its JSON lines by orjson: the
+        same bytes, but for non-ASCII text in a header (a transaction name, a release),
+        which is UTF-8 here where sentry_sdk escapes it; the same JSON either way."""
         lines = [json_bytes({**self.headers, "sent_at": _now_iso()})]
         for item in [*self.items, *extra]:
             payload = item.get_bytes()

@@ -93,8 +93,12 @@ class SentryTransport:
             "Content-Type": "application/x-sentry-envelope",
             "Content-Encoding": "gzip",
         }
-        url = auth.get_api_url()  # .../api/<project>/envelope/
-        self._client = Http1Client(url, headers, timeout_s)
+        # auth.get_api_url(), with an IPv6 literal in brackets (which it leaves out).
+        host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+        url = (
+            f"{parsed.scheme}://{host}:{parsed.port}{parsed.path}api/{parsed.project_id}/envelope/"
+        )
+        self._client = Http1Client(url, headers, timeout_s, max_idle=queue.num_consumers)
         self._limits: dict[str, float] = {}
         self._discarded: Counter[tuple[str, str]] = Counter()
         self._last_report = time.monotonic()
