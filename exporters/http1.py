@@ -11,7 +11,9 @@ not reused once it is older than IDLE_S (a NAT or load balancer may have forgott
 without a word), closed, or holding bytes nobody asked for (a server's 408 before it
 closes). One taken from the idle ones that turns out closed before a byte of the answer
 arrived is replaced: a server may close an idle connection just as the request is written,
-which is not a failure of the request (Sentry drops a repeated event id).
+which is not a failure of the request. (Should the server have taken the request before
+closing, it arrives twice: Sentry drops a repeated event or transaction id; a log item
+would be counted twice.)
 """
 
 from __future__ import annotations

@@ -137,8 +137,12 @@ class Rules:
         message = span.status.message
         if message and (new := self._changed(message, counts)) is not None:
             span.status.message = new
-        if span.trace_state and (new := self._trace_state(span.trace_state, counts)) is not None:
-            span.trace_state = new
+        state = span.trace_state  # the sampler writes the same one on every span it keeps
+        if state and state not in self._clean:
+            if (new := self._trace_state(state, counts)) is not None:
+                span.trace_state = new
+            else:
+                self._remember_clean(state)
 
     def _record(self, record: LogRecord, counts: list[int]) -> None:
         self._value(record.body, counts)
@@ -368,11 +372,15 @@ class Rules:
         if self._shortcut and (len(text) < MIN_SECRET_LEN or text.isalpha()):
             return text  # cannot hold a default secret; not worth a place in the cache
         new = scan(text, self._on, self._filter_values, counts)
-        if new is text and len(text) <= _CLEAN_MAX_LEN:
+        if new is text:
+            self._remember_clean(text)
+        return new
+
+    def _remember_clean(self, text: str) -> None:
+        if len(text) <= _CLEAN_MAX_LEN:
             if len(self._clean) >= _CACHE_SIZE:
                 self._clean.clear()
             self._clean.add(text)
-        return new
 
 
 DEFAULT_RULES: Final = Rules()
