@@ -142,7 +142,11 @@ def test_an_idle_connection_the_server_closed_is_replaced_without_failing_the_re
             b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_ANSWER_BYTES + 1),
             "bad Content-Length",
         ),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", None),  # cut short, then closed
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}", "malformed answer"),  # cut short
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", "not an HTTP/1 answer"),
+        (b"HTTQ/1.1 200 OK\r\n\r\n", "not an HTTP/1 answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", "answer cut short"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "answer head too long"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n", "bad chunk size"),
         (
@@ -167,8 +171,10 @@ def test_broken_answers_fail_the_request_with_a_clear_error(answer: bytes, error
 
 def test_a_server_that_never_answers_times_out_and_one_that_is_gone_is_an_os_error() -> None:
     async def scenario(client: Http1Client, server: Server) -> None:
-        with pytest.raises(TimeoutError):
-            await client.post(b"x")
+        async with asyncio.timeout(30) as guard:  # a client without its own timeout hangs
+            with pytest.raises(TimeoutError):
+                await client.post(b"x")
+        assert not guard.expired()  # the client's timeout fired, not the guard's
 
     serve(lambda _: b"", scenario, timeout_s=0.2)  # reads the request, writes nothing
 
@@ -238,12 +244,79 @@ def test_no_more_idle_connections_are_kept_than_asked() -> None:
     serve(lambda _: OK, scenario, max_idle=1)
 
 
-def test_no_body_answers_keep_the_connection() -> None:
+@pytest.mark.parametrize(
+    ("head", "connections"),
+    [
+        (b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n", 1),  # 1.0 keeps only if it says so
+        (b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\n", 2),
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive,close\r\n", 2),
+        (b"HTTP/1.1 200 OK\r\nConnection: upgrade\r\nConnection: close\r\n", 2),
+        (b"HTTP/1.1 200 OK\r\nConnection: upgrade\r\n", 1),
+    ],
+)
+def test_whether_a_connection_is_kept_follows_its_version_and_connection_headers(
+    head: bytes, connections: int
+) -> None:
+    answer = head + b"Content-Length: 2\r\n\r\n{}"
+
     async def scenario(client: Http1Client, server: Server) -> None:
         for _ in range(2):
-            assert (await client.post(b"x")).status == 204
+            assert (await client.post(b"x")).status == 200
 
-    assert serve(lambda _: b"HTTP/1.1 204 No Content\r\n\r\n", scenario).connections == 1
+    # The server keeps the connection open whatever it said: the client decides alone.
+    assert serve(lambda _: answer, scenario).connections == connections
+
+
+def test_repeated_headers_are_joined_and_equal_lengths_accepted() -> None:
+    answer = (b"HTTP/1.1 429 Too Many\r\nX-Sentry-Rate-Limits: 60:transaction:k\r\n"
+              b"x-sentry-rate-limits: 30:error:k\r\nContent-Length: 2\r\n"
+              b"Content-Length: 2\r\n\r\n{}")  # fmt: skip
+
+    async def scenario(client: Http1Client, server: Server) -> None:
+        answer = await client.post(b"x")
+        assert answer.headers["x-sentry-rate-limits"] == "60:transaction:k, 30:error:k"
+        assert (await client.post(b"y")).status == 429  # the body was read: still in step
+
+    serve(lambda _: answer, scenario)
+
+
+@pytest.mark.parametrize(
+    ("framing", "size"),
+    [
+        ("length", MAX_ANSWER_BYTES),
+        ("chunked", MAX_ANSWER_BYTES),
+        ("chunked", MAX_ANSWER_BYTES + 1),
+        ("close", MAX_ANSWER_BYTES),
+        ("close", MAX_ANSWER_BYTES + 1),
+    ],
+)
+def test_answers_up_to_the_cap_are_read_and_one_byte_more_refused(framing: str, size: int) -> None:
+    half = size // 2
+    body = {
+        "length": b"Content-Length: %d\r\n\r\n" % size + b"a" * size,
+        "chunked": b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
+        % (half, b"a" * half, size - half, b"b" * (size - half)),
+        "close": b"\r\n" + b"a" * size,
+    }[framing]
+    answer = b"HTTP/1.1 200 OK\r\n" + body
+
+    async def scenario(client: Http1Client, server: Server) -> None:
+        if size <= MAX_ANSWER_BYTES:
+            assert (await client.post(b"x")).status == 200
+        else:
+            with pytest.raises(HttpError, match="answer too long"):
+                await client.post(b"x")
+
+    serve(Server(lambda _: answer, close_after_answer=True), scenario)
+
+
+def test_no_body_answers_keep_the_connection() -> None:
+    async def scenario(client: Http1Client, server: Server) -> None:
+        assert [(await client.post(b"x")).status for _ in range(3)] == [204, 304, 200]
+
+    answers = {1: b"HTTP/1.1 204 No Content\r\n\r\n", 2: b"HTTP/1.1 304 Not Modified\r\n\r\n",
+               3: OK}  # fmt: skip
+    assert serve(lambda number: answers[number], scenario).connections == 1
 
 
 def test_an_ipv6_sentry_is_reached_with_its_address_in_brackets() -> None:
@@ -267,11 +340,31 @@ def test_an_ipv6_sentry_is_reached_with_its_address_in_brackets() -> None:
     asyncio.run(main())
     lines = server.requests[0].split(b"\r\n")
     assert lines[0] == b"POST /api/5/envelope/ HTTP/1.1" and lines[1].startswith(b"Host: [::1]:")
+    saas = SentryTransport("sentry", "https://key@o1.ingest.sentry.io/5", QueueSettings(),
+                           RetrySettings(), 5.0)  # fmt: skip
+    assert saas._client._head.split(b"\r\n")[:2] == [
+        b"POST /api/5/envelope/ HTTP/1.1",
+        b"Host: o1.ingest.sentry.io",  # as sentry-sdk sends
+    ]
+
+
+def test_the_request_head_names_the_host_as_sent_without_default_ports() -> None:
+    """What the Host header says for the DSNs users have (Sentry's own has no port)."""
+    cases = {
+        "https://o1.ingest.sentry.io/api/5/envelope/": (b"o1.ingest.sentry.io", 443),
+        "http://sentry.internal/api/5/envelope/": (b"sentry.internal", 80),
+        "http://sentry.internal:9000/api/5/envelope/": (b"sentry.internal:9000", 9000),
+        "https://k@b\u00fccher.example/api/1/envelope/": (b"xn--bcher-kva.example", 443),
+    }
+    for url, (host, port) in cases.items():
+        client = Http1Client(url, {}, 5)
+        assert client._head.split(b"\r\n")[1] == b"Host: " + host and client._port == port
 
 
 def test_header_values_with_line_breaks_are_refused() -> None:
-    with pytest.raises(ValueError, match="X-Evil"):
-        Http1Client("http://127.0.0.1/", {"X-Evil": "a\r\nInjected: 1"}, 5)
+    for evil in ("a\r\nInjected: 1", "a\nInjected: 1", "a\rInjected: 1"):
+        with pytest.raises(ValueError, match="X-Evil"):
+            Http1Client("http://127.0.0.1/", {"X-Evil": evil}, 5)
     with pytest.raises(ValueError, match="http:// or https://"):
         Http1Client("ftp://127.0.0.1/", {}, 5)
 
