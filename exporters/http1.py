@@ -78,14 +78,16 @@ class Http1Client:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("an http:// or https:// URL is needed")
         self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = 443 if parts.scheme == "https" else 80
+        self._port = parts.port or default_port
         self._ssl = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
         host = self._host if self._host.isascii() else self._host.encode("idna").decode()
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal
-        authority = host if parts.port is None else f"{host}:{parts.port}"  # never userinfo
+        # As browsers and sentry-sdk send it: no default port, never the userinfo.
+        authority = host if self._port == default_port else f"{host}:{self._port}"
         lines = [f"POST {target} HTTP/1.1", f"Host: {authority}",
                  f"User-Agent: otel-sidecar/{__version__}"]  # fmt: skip
         for name, value in headers.items():

@@ -95,9 +95,9 @@ class SentryTransport:
         }
         # auth.get_api_url(), with an IPv6 literal in brackets (which it leaves out).
         host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-        if parsed.port != {"http": 80, "https": 443}.get(parsed.scheme):
-            host = f"{host}:{parsed.port}"
-        url = f"{parsed.scheme}://{host}{parsed.path}api/{parsed.project_id}/envelope/"
+        url = (
+            f"{parsed.scheme}://{host}:{parsed.port}{parsed.path}api/{parsed.project_id}/envelope/"
+        )
         self._client = Http1Client(url, headers, timeout_s, max_idle=queue.num_consumers)
         self._limits: dict[str, float] = {}
         self._discarded: Counter[tuple[str, str]] = Counter()
