@@ -5,7 +5,8 @@ After the SDK's own set-up (exporters, sampler, resource, from the ``OTEL_*`` va
 distro's defaults) it adds: the resource attributes the environment leaves unset
 (:mod:`~otel_sidecar.instrumentation.resource`), the local-root tracking behind ``set_user`` and
 friends, exception frames on recorded exceptions, and the capture of stdlib and structlog logs
-(unless ``OTEL_LOGS_EXPORTER=none``), and a flush when uvicorn stops
+(unless ``OTEL_LOGS_EXPORTER=none``), the OTLP exporters' faster encoder
+(:mod:`~otel_sidecar.instrumentation.encoding`), and a flush when uvicorn stops
 (:mod:`~otel_sidecar.instrumentation.shutdown`). The SDK's own root-logger handler stays off: it
 would send every stdlib record a second time.
 """
@@ -18,8 +19,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
+from otel_sidecar.instrumentation import encoding, exceptions, logs, resource, settings, shutdown
 from otel_sidecar.instrumentation import environment_variables as env
-from otel_sidecar.instrumentation import exceptions, logs, resource, settings, shutdown
 from otel_sidecar.instrumentation.scope import LOCAL_ROOTS
 
 
@@ -30,6 +31,7 @@ class SidecarConfigurator(_OTelSDKConfigurator):
         kwargs["span_processors"] = [*kwargs.get("span_processors", []), LOCAL_ROOTS]
         super()._configure(**kwargs)
         resource.hash_once(getattr(trace.get_tracer_provider(), "resource", None))
+        encoding.install()
         detail = exceptions.Detail(
             variables=settings.flag(env.OTEL_SIDECAR_APP_LOCAL_VARIABLES),
             source=settings.flag(env.OTEL_SIDECAR_APP_SOURCE_CONTEXT),
