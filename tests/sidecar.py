@@ -117,6 +117,16 @@ def logs_in(lines: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
     ]
 
 
+def metric_names(lines: list[dict[str, Any]]) -> set[str]:
+    return {
+        metric["name"]
+        for line in lines
+        for rm in line.get("resourceMetrics", [])
+        for sm in rm.get("scopeMetrics", [])
+        for metric in sm.get("metrics", [])
+    }
+
+
 def attributes(item: dict[str, Any]) -> dict[str, Any]:
     """OTLP/JSON attributes as {key: plain value}."""
     out = {}

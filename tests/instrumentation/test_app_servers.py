@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from examples import services
-from tests.sidecar import BASIC_CONFIG, Sidecar, attributes, logs_in, spans_in
+from tests.sidecar import BASIC_CONFIG, Sidecar, attributes, logs_in, metric_names, spans_in
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,19 @@ def pids(records: list[dict[str, Any]]) -> set[int]:
     return {attributes(record)["process.pid"] for record in records}
 
 
-def run_server(tmp_path: Path, server: str, args: list[str], app_dir: Path) -> Sidecar:
-    sidecar = Sidecar(tmp_path, BASIC_CONFIG).start()
+def run_server(
+    tmp_path: Path,
+    server: str,
+    args: list[str],
+    app_dir: Path,
+    config: str = BASIC_CONFIG,
+    extra: dict[str, str] | None = None,
+) -> Sidecar:
+    sidecar = Sidecar(tmp_path, config).start()
     stub, ai_url = services.ai_stub()
     try:
         endpoint = f"http://{sidecar.endpoints['otlp_grpc']}"
-        env = services.app_env(tmp_path / "app.db", ai_url, endpoint)
+        env = services.app_env(tmp_path / "app.db", ai_url, endpoint, extra)
         app, base_url = services.start_app(env, server=server, args=args, app_dir=app_dir)
         try:
             send_requests(base_url, REQUESTS)
@@ -113,3 +120,18 @@ def test_reload_flushes_the_old_worker(tmp_path: Path) -> None:
     assert len(logs) == REQUESTS
     assert len(pids(logs)) == 2, "the worker before the reload and the one after"
     assert len(logged(sidecar, "service_started")) == 2
+
+
+def test_the_instrumentations_metrics_when_asked_for(tmp_path: Path) -> None:
+    """Off by default (the sidecar's key_metrics has the same numbers from the spans); on, the
+    app's request and connection-pool metrics reach the sidecar, flushed as the app stops."""
+    config = BASIC_CONFIG.replace(
+        "    logs: {receivers: [otlp], processors: [batch], exporters: [file]}",
+        "    logs: {receivers: [otlp], processors: [batch], exporters: [file]}\n"
+        "    metrics: {receivers: [otlp], processors: [batch], exporters: [file]}",
+    )
+    extra = {"OTEL_SIDECAR_APP_INSTRUMENTATION_METRICS": "true"}
+    sidecar = run_server(tmp_path, "uvicorn", [], services.EXAMPLES, config, extra)
+    names = metric_names(sidecar.lines())
+    assert any(name.startswith("http.server.") for name in names), names
+    assert any(name.startswith("db.client.connection") for name in names), names

@@ -22,3 +22,6 @@ OTEL_SIDECAR_APP_ASGI_EXCLUDE_SPANS = "OTEL_SIDECAR_APP_ASGI_EXCLUDE_SPANS"
 
 OTEL_SIDECAR_APP_DB_CONNECT_SPANS = "OTEL_SIDECAR_APP_DB_CONNECT_SPANS"
 """``true``: SQLAlchemy's ``connect`` spans (a new pooled connection) are kept."""
+
+OTEL_SIDECAR_APP_INSTRUMENTATION_METRICS = "OTEL_SIDECAR_APP_INSTRUMENTATION_METRICS"
+"""``true``: the instrumentations record their own request, query and connection metrics."""
