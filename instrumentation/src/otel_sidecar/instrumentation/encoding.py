@@ -35,6 +35,7 @@ _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
 _U64 = 1 << 64
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 # Field tags (field number << 3 | wire type) of opentelemetry-proto's messages, as bytes.
 _LEN = {field: bytes([field << 3 | 2]) for field in range(1, 16)}
@@ -84,6 +85,8 @@ def any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10" + _SMALL[value]
     if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:  # protobuf refuses it; the SDK leaves it out
+            raise ValueError(f"{value} does not fit in an int64")
         return b"\x18" + _varint(value)
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
