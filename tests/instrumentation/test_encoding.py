@@ -26,9 +26,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordLimits
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
@@ -153,6 +154,48 @@ def test_kept_encodings_stay_right_when_the_cache_starts_over(
             batch
         )
     assert len(encoding._encoded) <= 8
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[(1, 2), (1.0, 2.0), (True, False), (1, True)], [0.0, -0.0], [1, True, 1.0]],
+    ids=["tuples", "zeros", "numbers"],
+)
+def test_values_that_compare_equal_keep_their_own_types(values: list[Any]) -> None:
+    """(1,) == (True,) == (1.0,) and 0.0 == -0.0 in Python: the encoding kept for one must not
+    be sent for the other, one batch after another."""
+    app = provider({"service.name": "shop"})
+    for value in values:
+        app.get_tracer("t").start_span("s", attributes={"same.key": value}).end()
+        (span,) = app.exported.get_finished_spans()
+        app.exported.clear()
+        assert ExportTraceServiceRequest.FromString(encoding.spans_request([span])) == (
+            encode_spans([span])
+        ), value
+
+
+def test_scopes_equal_but_for_their_attributes_types_are_told_apart() -> None:
+    for flag in (1, True):
+        scope = InstrumentationScope("t", attributes={"flag": flag})
+        span = ReadableSpan(name="s", context=SpanContext(1, 2, False), resource=Resource({}),
+                            instrumentation_scope=scope)  # fmt: skip
+        ours = ExportTraceServiceRequest.FromString(encoding.spans_request([span]))
+        assert ours == encode_spans([span]), flag
+
+
+def test_a_span_class_that_overrides_its_attributes_is_encoded_as_it_says() -> None:
+    """A redacting subclass: its public attributes are what is sent, not the raw ones."""
+
+    class Redacted(ReadableSpan):
+        @property
+        def attributes(self) -> Any:
+            return {key: "***" for key in super().attributes}
+
+    span = Redacted(name="login", context=SpanContext(1, 2, False),
+                    attributes={"password": "hunter2"}, resource=Resource({}))  # fmt: skip
+    ours = ExportTraceServiceRequest.FromString(encoding.spans_request([span]))
+    assert ours == encode_spans([span])
+    assert b"hunter2" not in encoding.spans_request([span])
 
 
 def test_a_value_otlp_cannot_carry_is_left_out_as_the_sdk_leaves_it_out(

@@ -22,6 +22,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
+from opentelemetry.sdk.trace import ReadableSpan
+
 from otel_sidecar.instrumentation.patches import patch, unpatch
 
 _log = logging.getLogger(__name__)
@@ -108,22 +110,30 @@ def _key_value(key: str, value: Any) -> bytes:
 _encoded: dict[Any, bytes] = {}
 
 
+def _cache_key(key: str, value: Any) -> tuple[Any, ...] | None:
+    """What identifies an attribute's encoding, or None for one not worth keeping or not
+    safely told apart by equality: floats (0.0 == -0.0), and tuples other than of strings
+    ((1,) == (True,) == (1.0,))."""
+    cls = value.__class__
+    if cls is str:
+        return (key, value) if len(value) <= _LONGEST_CACHED else None
+    if cls is int or cls is bool:
+        return (key, cls, value)
+    if cls is tuple and all(item.__class__ is str for item in value):
+        return (key, cls, value)
+    return None
+
+
 def _attribute(key: str, value: Any) -> bytes:
     """A ``KeyValue`` with its length in front, from the cache when it was seen before."""
-    cls = value.__class__
-    if cls is str or cls is int or cls is float or cls is bool or cls is tuple:
-        cache_key = (key, cls, value)
-        try:
-            return _encoded[cache_key]
-        except KeyError:
-            pass
-        except TypeError:  # a tuple holding something unhashable
-            cache_key = None
-    else:
-        cache_key = None
+    cache_key = _cache_key(key, value)
+    if cache_key is not None:
+        encoded = _encoded.get(cache_key)
+        if encoded is not None:
+            return encoded
     body = _key_value(key, value)
     encoded = _varint(len(body)) + body
-    if cache_key is not None and (cls is not str or len(value) <= _LONGEST_CACHED):
+    if cache_key is not None:
         if len(_encoded) >= _CACHE_SIZE:
             _encoded.clear()
         _encoded[cache_key] = encoded
@@ -150,7 +160,7 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> list[bytes
 # --- resources and scopes -----------------------------------------------------------------
 
 
-_scopes: dict[Any, bytes] = {}
+_scopes: dict[int, tuple[Any, bytes]] = {}
 
 
 def _resource(resource: Any) -> bytes:
@@ -158,20 +168,20 @@ def _resource(resource: Any) -> bytes:
 
 
 def _scope(scope: Any) -> bytes:
-    """An ``InstrumentationScope``; a provider hands out the same few for the process's life."""
+    """An ``InstrumentationScope``; a provider hands out the same few for the process's life.
+    Kept by identity: scopes compare equal with attributes of different types (1 and True)."""
     if scope is None:
         return b""
-    try:
-        return _scopes[scope]
-    except (KeyError, TypeError):
-        pass
+    kept = _scopes.get(id(scope))
+    if kept is not None and kept[0] is scope:
+        return kept[1]
     body = (
         _string(1, scope.name)
         + _string(2, scope.version)
         + b"".join(_attributes(3, scope.attributes))
     )
     if len(_scopes) < _CACHE_SIZE:
-        _scopes[scope] = body
+        _scopes[id(scope)] = (scope, body)  # the scope held, so its id is not reused
     return body
 
 
@@ -231,7 +241,10 @@ def _private(item: Any, name: str) -> Any:
     """The SDK object's own ``_name`` behind its public ``name``: ``ReadableSpan`` hands out
     its attributes as a read-only proxy over a Mapping and its events and links as fresh
     tuples (2-3 µs a span here, more than writing the values). The public property where a
-    version of the SDK has no such field."""
+    subclass overrides it (a redacting span class, say) or a version of the SDK has no such
+    field."""
+    if getattr(type(item), name, None) is not getattr(ReadableSpan, name):
+        return getattr(item, name)
     inner = getattr(item, "_" + name, None)
     if inner is None:
         return getattr(item, name)
