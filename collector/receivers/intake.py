@@ -9,6 +9,7 @@ gRPC INVALID_ARGUMENT), :class:`TooCostly` too large (413, RESOURCE_EXHAUSTED),
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -100,7 +101,10 @@ class Intake:
             raise
 
     async def accept(self, signal: Signal, batch: Batch) -> None:
-        """Raises InvalidBatch, TooCostly (too many attributes) or Refused; counted here."""
+        """Raises InvalidBatch, TooCostly (too many attributes) or Refused; counted here. Within
+        :meth:`Overload.handling <collector.overload.Overload.handling>`: parsing, checking
+        and the pipelines each take a loop turn of their own."""
+        await asyncio.sleep(0)
         try:
             count = validate(batch)
         except ValueError:
@@ -111,9 +115,9 @@ class Intake:
             raise TooCostly(str(error)) from None
         if isinstance(batch, ExportTraceServiceRequest):
             strip_markers(batch)
+        await asyncio.sleep(0)
         try:
-            with OVERLOAD.in_flight_while():
-                await self._consumers[signal].consume(batch)
+            await self._consumers[signal].consume(batch)
         except Exception as error:
             self.refused(signal, getattr(error, "reason", "internal"))
             raise

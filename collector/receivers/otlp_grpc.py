@@ -19,6 +19,7 @@ from grpc_health.v1.health import aio as health
 from collector.component import Refused
 from collector.http import body_timeout
 from collector.memory import ADMISSION, MIB, TooCostly
+from collector.overload import OVERLOAD
 from collector.receivers.intake import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
@@ -97,7 +98,8 @@ class OtlpGrpcServer:
                 with intake.reading(signal, ADMISSION.cost(limit)):
                     request = await read(context)
                 with intake.admission(signal, len(request)):
-                    return await parse_and_accept(request, context)
+                    async with OVERLOAD.handling():
+                        return await parse_and_accept(request, context)
             except TooCostly as error:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except Refused as refusal:

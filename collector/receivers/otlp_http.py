@@ -20,6 +20,7 @@ from collector import otlp_json
 from collector.component import Refused
 from collector.http import body_timeout, listen
 from collector.memory import MIB, TooCostly
+from collector.overload import OVERLOAD
 from collector.receivers.intake import HttpSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
@@ -146,6 +147,12 @@ class OtlpHttpServer:
         return body
 
     async def _parse_and_accept(
+        self, signal: Signal, body: bytes, content_type: str
+    ) -> web.Response:
+        async with OVERLOAD.handling():
+            return await self._parse_and_accept_now(signal, body, content_type)
+
+    async def _parse_and_accept_now(
         self, signal: Signal, body: bytes, content_type: str
     ) -> web.Response:
         intake = self.intake
