@@ -45,11 +45,9 @@ class HeldBytes:
 
     def hold(self, size: int) -> None:
         self.value += size
-        _GAUGE.set(self.value)
 
     def release(self, size: int) -> None:
         self.value = max(0, self.value - size)
-        _GAUGE.set(self.value)
 
     @contextmanager
     def request(self, size: int) -> Iterator[None]:
@@ -69,6 +67,9 @@ class HeldBytes:
 
 
 HELD = HeldBytes()
+# Read when scraped: setting the gauge on every hold and release took a lock each time, several
+# times a request (1.8 % of the sidecar's CPU on replayed app traffic).
+_GAUGE.set_function(lambda: HELD.value)
 
 
 class Limit(Protocol):

@@ -323,3 +323,15 @@ def test_an_envelope_is_byte_for_byte_what_sentry_sdk_would_write(
         ({**i.headers, "length": len(i.get_bytes())}, json.loads(i.get_bytes()))
         for i in theirs.items
     ]
+
+
+def test_sent_at_is_written_as_sentry_sdk_writes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UTC, microseconds, a Z: the whole seconds are kept for a second, the rest is not."""
+    for now, written in [
+        (1_764_374_400.000001, "2025-11-29T00:00:00.000001Z"),
+        (1_764_374_400.5, "2025-11-29T00:00:00.500000Z"),
+        (1_764_374_401.25, "2025-11-29T00:00:01.250000Z"),  # the next second
+        (1_764_374_399.999999, "2025-11-28T23:59:59.999999Z"),  # and back, as clocks may go
+    ]:
+        monkeypatch.setattr(envelope.time, "time", lambda now=now: now)
+        assert envelope._now_iso() == written

@@ -8,6 +8,7 @@ One transaction or error event per envelope; logs in ``log`` items of at most 10
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -165,5 +166,14 @@ def client_report(discarded: Mapping[tuple[str, str], int]) -> Item:
     )
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Now as sentry-sdk writes ``sent_at`` (``...T12:00:00.123456Z``); the whole seconds are
+    formatted once a second (strftime took 1.8 % of the sidecar's CPU, one per envelope)."""
+    global _second
+    whole, micros = divmod(round(time.time() * 1_000_000), 1_000_000)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{micros:06d}Z"
