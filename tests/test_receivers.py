@@ -261,6 +261,18 @@ class TestGrpc:
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert_still_serving(shared_sidecar)
 
+    def test_two_messages_on_one_call_are_invalid_argument(self, shared_sidecar: Sidecar) -> None:
+        """Export is unary: a client streaming a second message is told, not half-read."""
+        body = trace_request(spans=1).SerializeToString()
+        with (
+            grpc.insecure_channel(shared_sidecar.endpoints["otlp_grpc"]) as channel,
+            pytest.raises(grpc.RpcError) as raised,
+        ):
+            channel.stream_unary(TRACE_EXPORT)(iter([body, body]), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "one request message" in (raised.value.details() or "")
+        assert_still_serving(shared_sidecar)
+
     def test_a_message_that_never_comes_is_unavailable(self, shared_sidecar: Sidecar) -> None:
         """The call is taken before its message is read, holding the memory the message may
         cost: a message that does not arrive within 2 s + 1 s per MiB of the largest allowed

@@ -110,7 +110,7 @@ class OtlpGrpcServer:
 
         async def read(context: grpc.aio.ServicerContext) -> bytes:
             try:
-                request = await asyncio.wait_for(context.read(), body_timeout(limit))
+                request, after = await asyncio.wait_for(read_one(context), body_timeout(limit))
             except TimeoutError:  # a message trickling in holds what its read may cost
                 intake.refused(signal, "timeout")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "request message too slow")
@@ -119,7 +119,19 @@ class OtlpGrpcServer:
                     raise asyncio.CancelledError
                 intake.refused(signal, "invalid")
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+            if after is not grpc.aio.EOF:  # Export is unary: a second message is not ours to drop
+                intake.refused(signal, "invalid")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "Export takes one request message per call"
+                )
             return request
+
+        async def read_one(context: grpc.aio.ServicerContext) -> tuple[object, object]:
+            """The message and what follows it: the end of the stream from a unary client."""
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                return request, request
+            return request, await context.read()
 
         async def parse_and_accept(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:

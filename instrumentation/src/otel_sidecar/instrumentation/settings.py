@@ -49,8 +49,8 @@ OTEL_DEFAULTS = (
     Setting(
         "OTEL_METRICS_EXPORTER",
         "otlp",
-        "the app's own metrics go to the sidecar, which forwards them to OTLP backends "
-        "(Sentry takes none)",
+        "metrics the app records itself go to the sidecar's metrics pipelines (the default "
+        "config writes them to its file; Sentry takes none)",
     ),
     Setting(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
@@ -103,9 +103,12 @@ SIDECAR_SETTINGS = (
     Setting(
         env.OTEL_SIDECAR_APP_INSTRUMENTATION_METRICS,
         "false",
-        "the instrumentations' own request, query and connection metrics, recorded in the app "
-        "(~0.5 ms of its CPU a request). Off: the sidecar's `key_metrics` computes request, "
-        "query and outgoing-call metrics from every span; the app's own metrics are sent",
+        "`true`: the FastAPI/ASGI, SQLAlchemy, httpx and requests instrumentations record "
+        "their metrics (`http.server.duration`, `db.client.connections.usage`, "
+        "`http.client.duration`, ...) in the app, ~0.5 ms of its CPU a request. Off, the "
+        "sidecar's `key_metrics` gives request, query and outgoing-call durations and errors "
+        "from every span (`http_server_request_duration_seconds`, ...); metrics the app "
+        "records itself are sent either way",
     ),
 )
 _SIDECAR_DEFAULTS = {setting.name: setting.default for setting in SIDECAR_SETTINGS}
