@@ -112,6 +112,18 @@ def test_requests_are_handled_one_at_a_time_and_counted_while_they_wait() -> Non
     asyncio.run(scenario())
 
 
+def test_without_a_watch_requests_are_only_counted() -> None:
+    """A test's in-process pipeline: no loop watched, no turn to take."""
+
+    async def scenario() -> None:
+        overload = Overload()
+        async with overload.handling(), overload.handling():  # the same task: no wait
+            assert overload.in_flight == 2
+        assert overload.in_flight == 0
+
+    asyncio.run(scenario())
+
+
 def test_the_rate_follows_what_is_answered() -> None:
     async def scenario() -> None:
         overload = Overload()
