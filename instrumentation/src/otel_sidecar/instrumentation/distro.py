@@ -36,6 +36,9 @@ class SidecarDistro(BaseDistro):
             # hashes and aggregates each measurement under a lock).
             options.setdefault("meter_provider", NoOpMeterProvider())
         if entry_point.name == "fastapi":
+            from otel_sidecar.instrumentation import server  # imports the ASGI instrumentation
+
+            server.install()
             options["exclude_spans"] = settings.names(OTEL_SIDECAR_APP_ASGI_EXCLUDE_SPANS)
         elif entry_point.name == "logging":
             # Trace ids for the app's own log format stay available; records are sent by our
