@@ -102,7 +102,7 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
 ]
 
 
-def spans_from(lean: bool) -> tuple[list[dict[str, Any]], list[str | None]]:
+def spans_from(lean: bool, root_path: str) -> tuple[list[dict[str, Any]], list[str | None]]:
     """The spans of :data:`REQUESTS`, and the ``traceresponse`` header of each answer."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -120,7 +120,8 @@ def spans_from(lean: bool) -> tuple[list[dict[str, Any]], list[str | None]]:
             http_capture_headers_server_request=["user-agent", "x-request-id", "cookie"],
             http_capture_headers_sanitize_fields=["cookie"],
         )
-        answers = asyncio.run(send(app, REQUESTS))
+        requests = [(method, root_path + path, headers) for method, path, headers in REQUESTS]
+        answers = asyncio.run(send(app, requests, root_path))
     finally:
         server.uninstall()
     spans = [described(span) for span in exporter.get_finished_spans()]
@@ -138,8 +139,10 @@ def event_attributes(event: Any) -> dict[str, Any]:
     return attributes
 
 
-async def send(app: FastAPI, requests: list[tuple[str, str, dict[str, str]]]) -> list[Any]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+async def send(
+    app: FastAPI, requests: list[tuple[str, str, dict[str, str]]], root_path: str = ""
+) -> list[Any]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, root_path=root_path)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         return [await client.request(*request[:2], headers=request[2]) for request in requests]
 
@@ -166,8 +169,12 @@ def response_propagator() -> Iterator[None]:
     set_global_response_propagator(before)  # type: ignore[arg-type]
 
 
-def test_the_lean_path_makes_upstreams_spans(installed: Any, response_propagator: None) -> None:
-    (upstream, their_answers), (lean, our_answers) = spans_from(False), spans_from(True)
+@pytest.mark.parametrize("root_path", ["", "/api"])  # behind a proxy: uvicorn --root-path
+def test_the_lean_path_makes_upstreams_spans(
+    installed: Any, response_propagator: None, root_path: str
+) -> None:
+    upstream, their_answers = spans_from(False, root_path)
+    lean, our_answers = spans_from(True, root_path)
     assert [bool(header) for header in our_answers] == [bool(h) for h in their_answers]
     assert sum(bool(header) for header in our_answers) == len(REQUESTS) - 1
     assert len(upstream) == len(REQUESTS) - 1  # /health excluded
@@ -178,7 +185,7 @@ def test_the_lean_path_makes_upstreams_spans(installed: Any, response_propagator
     assert names.count("GET /v2/users/{user_id}") == 2
     assert names.count("GET /v1/users/{user_id}") == 2
     remote = [span for span in lean if span["trace"] is not None]
-    assert [span["attributes"]["http.target"] for span in remote] == ["/items/2"]
+    assert [span["attributes"]["http.target"] for span in remote] == [root_path + "/items/2"]
     assert remote[0]["trace"] == int(PARENT.split("-")[1], 16)
     failed = next(span for span in lean if span["name"] == "GET /fail/{lesson}")
     assert failed["events"][0][1]["exception.type"] == "ValueError"
@@ -227,3 +234,28 @@ def test_with_metrics_on_upstreams_path_runs(lookups: list[str]) -> None:
     )
     asyncio.run(send(app, [("GET", "/items/1", {})]))
     assert lookups == []  # upstream's own lookup ran, not the lean path's
+
+
+def test_a_failing_route_lookup_leaves_the_answer_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    server.install()
+    try:
+
+        def broken(scope: Any) -> str | None:
+            raise RuntimeError("a route the lookup cannot read")
+
+        monkeypatch.setitem(server._FASTAPI, "lookup", broken)
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        app = build_app()
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=provider,
+            meter_provider=NoOpMeterProvider(),
+            exclude_spans=["send", "receive"],
+        )
+        (answer,) = asyncio.run(send(app, [("GET", "/items/1", {})]))
+    finally:
+        server.uninstall()
+    assert answer.status_code == 200
+    assert [span.name for span in exporter.get_finished_spans()] == ["GET"]

@@ -142,7 +142,12 @@ async def _traced(middleware: Any, routes: _Routes, scope: Scope, receive: Any, 
     def name() -> None:
         nonlocal named
         named = True
-        if span.is_recording() and (route := routes.template(request, scope)):
+        try:
+            route = routes.template(request, scope) if span.is_recording() else None
+        except Exception as error:  # naming a span must never fail the app's response
+            _log.debug("no route for the server span: %r", error)
+            return
+        if route:
             span.update_name(f"{method} {route}")
             span.set_attribute("http.route", route)
 
