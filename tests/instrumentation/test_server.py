@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +16,7 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import StreamingResponse
+from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.propagators import (
     TraceResponsePropagator,
@@ -23,6 +27,7 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 
 from otel_sidecar.instrumentation import server
 from otel_sidecar.instrumentation.exceptions import CHAIN
@@ -37,7 +42,7 @@ def deep_failure(lesson: int) -> None:
 
 def build_app() -> FastAPI:
     app = FastAPI()
-    versioned = APIRouter()
+    app.add_middleware(Alias)
 
     @app.get("/items/{item_id}")
     def item(item_id: int) -> dict[str, int]:
@@ -45,6 +50,14 @@ def build_app() -> FastAPI:
 
     @app.post("/items")
     def create() -> dict[str, str]:
+        return {}
+
+    @app.get("/people/me")
+    def me() -> dict[str, str]:
+        return {}
+
+    @app.put("/people/{person}")
+    def put_person(person: str) -> dict[str, str]:
         return {}
 
     @app.get("/fail/{lesson}")
@@ -63,14 +76,29 @@ def build_app() -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @versioned.get("/users/{user_id}")
-    def user(user_id: str) -> dict[str, str]:
-        return {"user": user_id}
+    @app.post("/graphql")
+    def graphql() -> dict[str, str]:
+        span = trace.get_current_span()  # the app names its span itself
+        span.update_name("query GetUser")
+        span.set_attribute("http.route", "/graphql/GetUser")
+        return {}
 
-    app.include_router(versioned)
-    app.include_router(versioned, prefix="/v1")
-    app.include_router(versioned, prefix="/v2")  # one route object, three templates
+    @app.get("/legacy/{number}")
+    def legacy(number: int) -> dict[str, int]:
+        return {"legacy": number}
+
+    @app.get("/pages/{page:path}")
+    def pages(page: str) -> dict[str, str]:
+        return {"page": page}
+
+    app.include_router(routers()["versioned"])
+    app.include_router(routers()["versioned"], prefix="/v1")
+    app.include_router(routers()["versioned"], prefix="/v2")  # one route, three templates
+    app.include_router(routers()["files"], prefix="/files/v1")
+    app.include_router(routers()["files"], prefix="/files")  # a catch-all, twice
+    app.include_router(routers()["lessons"], prefix="/api")
     sub = FastAPI()
+    sub.include_router(routers()["lessons"], prefix="/api")  # a route reachable in a mount too
 
     @sub.get("/pages/{page}")
     def page(page: str) -> dict[str, str]:
@@ -80,23 +108,66 @@ def build_app() -> FastAPI:
     return app
 
 
+def routers(cache: dict[str, APIRouter] = {}) -> dict[str, APIRouter]:  # noqa: B006
+    """Routers shared by every app built here, as a module's routers are."""
+    if not cache:
+        versioned, files, lessons = APIRouter(), APIRouter(), APIRouter()
+
+        @versioned.get("/users/{user_id}")
+        def user(user_id: str) -> dict[str, str]:
+            return {"user": user_id}
+
+        @files.get("/{path:path}")
+        def file(path: str) -> dict[str, str]:
+            return {"path": path}
+
+        @lessons.get("/lessons/{lesson}")
+        def lesson(lesson: int) -> dict[str, int]:
+            return {"lesson": lesson}
+
+        cache.update(versioned=versioned, files=files, lessons=lessons)
+    return cache
+
+
+class Alias:
+    """A path-rewriting middleware: /legacy/<x> is served by /pages/<x>."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/legacy/"):
+            scope["path"] = "/pages/" + scope["path"].removeprefix("/legacy/")
+        await self.app(scope, receive, send)
+
+
 REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "/items/1", HEADERS),
     ("GET", "/items/2?q=x", {**HEADERS, "traceparent": PARENT}),
     ("GET", "/items/not-a-number", HEADERS),  # 422
     ("PUT", "/items/3", HEADERS),  # 405: a partial match
     ("POST", "/items", HEADERS),
+    ("GET", "/people/me", HEADERS),
+    ("PATCH", "/people/me", HEADERS),  # 405: the router takes the first partial match
     ("GET", "/nowhere", HEADERS),  # 404: no route
     ("GET", "/fail/7", HEADERS),  # 500 from deep in a helper
     ("GET", "/stream", HEADERS),
     ("GET", "/slash", HEADERS),  # redirected
     ("GET", "/health", HEADERS),  # excluded
+    ("POST", "/graphql", HEADERS),
+    ("GET", "/pages/about", HEADERS),
+    ("GET", "/legacy/1", HEADERS),  # named by the path it came with, as upstream does
     ("GET", "/v1/users/a", HEADERS),
     ("GET", "/v2/users/b", HEADERS),
     ("GET", "/v1/users/c", HEADERS),
-    ("GET", "/users/d", HEADERS),  # remembered: its template is the route's own path
-    ("GET", "/v2/users/e", HEADERS),  # the same route object: not that template
+    ("GET", "/users/d", HEADERS),
+    ("GET", "/v2/users/e", HEADERS),
+    ("GET", "/files/a.txt", HEADERS),
+    ("GET", "/files/v1/a.txt", HEADERS),  # the same catch-all route, the other template
+    ("GET", "/api/lessons/1", HEADERS),
+    ("GET", "/api/lessons/2", HEADERS),
     ("GET", "/sub/pages/home", HEADERS),
+    ("GET", "/sub/api/lessons/3", HEADERS),  # the route remembered at the top, in a mount
     ("BREW", "/items/4", HEADERS),  # a method outside HTTP's
     ("GET", "/items/5", HEADERS),
 ]
@@ -128,12 +199,19 @@ def spans_from(lean: bool, root_path: str) -> tuple[list[dict[str, Any]], list[s
     return spans, [answer.headers.get("traceresponse") for answer in answers]
 
 
+OWN = ("fail", "deep_failure")  # frames whose variables hold no object addresses
+
+
+def frame_summary(frame: dict[str, Any]) -> tuple[str, Any]:
+    return frame["function"], frame["vars"] if frame["function"] in OWN else None
+
+
 def event_attributes(event: Any) -> dict[str, Any]:
     attributes = dict(event.attributes)
     attributes.pop("exception.stacktrace", None)
     if (chain := attributes.pop(CHAIN, None)) is not None:
         attributes[CHAIN] = [
-            [(frame["function"], frame["vars"]) for frame in value["frames"] if frame["in_app"]]
+            [frame_summary(frame) for frame in value["frames"] if frame["in_app"]]
             for value in json.loads(chain)
         ]
     return attributes
@@ -184,6 +262,7 @@ def test_the_lean_path_makes_upstreams_spans(
     assert "GET /items/{item_id}" in names
     assert names.count("GET /v2/users/{user_id}") == 2
     assert names.count("GET /v1/users/{user_id}") == 2
+    assert "GET /files/v1/{path:path}" in names and "query GetUser" in names
     remote = [span for span in lean if span["trace"] is not None]
     assert [span["attributes"]["http.target"] for span in remote] == [root_path + "/items/2"]
     assert remote[0]["trace"] == int(PARENT.split("-")[1], 16)
@@ -192,20 +271,20 @@ def test_the_lean_path_makes_upstreams_spans(
     assert ("deep_failure", {"lesson": "7"}) in failed["events"][0][1][CHAIN][-1]
 
 
-PATHS = ("/items", "/v2/users")
+PATHS = ("/items", "/v2/users", "/api/lessons")
 
 
 @pytest.fixture
 def lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     server.install()
     calls: list[str] = []
-    lookup = server._FASTAPI["lookup"]
+    lookup = server._OTEL["lookup"]
 
     def counted(scope: Any) -> str | None:
         calls.append(scope["path"])
         return lookup(scope)  # type: ignore[no-any-return]
 
-    monkeypatch.setitem(server._FASTAPI, "lookup", counted)
+    monkeypatch.setitem(server._OTEL, "lookup", counted)
     yield calls
     server.uninstall()
 
@@ -220,18 +299,47 @@ def test_the_route_lookup_runs_once_per_route(lookups: list[str]) -> None:
     )
     numbers = range(5)
     asyncio.run(send(app, [("GET", f"{path}/{n}", {}) for n in numbers for path in PATHS]))
-    # /items/{item_id} is remembered after its first request; the router included twice
-    # is looked up in full every time, as upstream does
-    assert lookups.count("/items/0") == 1
+    # A route reachable once is looked up at its first request (a prefixed router's too);
+    # one reachable under three prefixes is looked up in full every time, as upstream does.
     assert [path for path in lookups if path.startswith("/items")] == ["/items/0"]
+    assert [path for path in lookups if path.startswith("/api")] == ["/api/lessons/0"]
     assert len([path for path in lookups if path.startswith("/v2")]) == 5
 
 
-def test_with_metrics_on_upstreams_path_runs(lookups: list[str]) -> None:
+class RouteSampler(Sampler):
+    """Reads the route at the span's start, as a sampler dropping health checks would."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        attributes = kwargs.get("attributes") or (args[4] if len(args) > 4 else None) or {}
+        keep = attributes.get("http.route") != "/health"
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if keep else Decision.DROP)
+
+    def get_description(self) -> str:
+        return "RouteSampler"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"tracer_provider": TracerProvider()},  # metrics recorded
+        {"meter_provider": NoOpMeterProvider(), "tracer_provider": TracerProvider(RouteSampler())},
+        {
+            "meter_provider": NoOpMeterProvider(),
+            "tracer_provider": TracerProvider(ParentBased(RouteSampler())),
+        },
+        {
+            "meter_provider": NoOpMeterProvider(),
+            "tracer_provider": TracerProvider(),
+            "server_request_hook": lambda span, scope: None,
+        },
+    ],
+    ids=["metrics", "a sampler reading attributes", "one under ParentBased", "a request hook"],
+)
+def test_where_the_name_could_be_read_at_the_start_upstreams_path_runs(
+    lookups: list[str], options: dict[str, Any]
+) -> None:
     app = build_app()
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=TracerProvider(), exclude_spans=["send", "receive"]
-    )
+    FastAPIInstrumentor.instrument_app(app, exclude_spans=["send", "receive"], **options)
     asyncio.run(send(app, [("GET", "/items/1", {})]))
     assert lookups == []  # upstream's own lookup ran, not the lean path's
 
@@ -243,7 +351,7 @@ def test_a_failing_route_lookup_leaves_the_answer_alone(monkeypatch: pytest.Monk
         def broken(scope: Any) -> str | None:
             raise RuntimeError("a route the lookup cannot read")
 
-        monkeypatch.setitem(server._FASTAPI, "lookup", broken)
+        monkeypatch.setitem(server._OTEL, "lookup", broken)
         exporter = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -259,3 +367,56 @@ def test_a_failing_route_lookup_leaves_the_answer_alone(monkeypatch: pytest.Monk
         server.uninstall()
     assert answer.status_code == 200
     assert [span.name for span in exporter.get_finished_spans()] == ["GET"]
+
+
+def test_a_route_included_again_at_runtime_is_named_by_its_new_prefix() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = build_app()
+    server.install()
+    try:
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=provider,
+            meter_provider=NoOpMeterProvider(),
+            exclude_spans=["send", "receive"],
+        )
+        asyncio.run(send(app, [("GET", "/api/lessons/1", {})]))
+        app.include_router(routers()["lessons"], prefix="/api/v9")
+        asyncio.run(send(app, [("GET", "/api/v9/lessons/2", {})]))
+    finally:
+        server.uninstall()
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names == ["GET /api/lessons/{lesson}", "GET /api/v9/lessons/{lesson}"]
+
+
+ZERO_CODE_APP = """
+import asyncio, httpx
+from opentelemetry.instrumentation.auto_instrumentation import initialize
+initialize()  # what opentelemetry-instrument does first
+from fastapi import FastAPI
+app = FastAPI()
+app.get("/items/{item_id}")(lambda item_id: {})
+async def main():
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
+        await c.get("/items/1")
+asyncio.run(main())
+stack = app.middleware_stack
+while type(stack).__name__ != "OpenTelemetryMiddleware":
+    stack = stack.app
+print(type(stack._otel_sidecar_routes).__name__)
+"""
+
+
+def test_the_distribution_takes_the_lean_path_by_default() -> None:
+    environment = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+    done = subprocess.run(
+        [sys.executable, "-c", ZERO_CODE_APP],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.stdout.strip().splitlines()[-1:] == ["_Routes"], done.stderr[-2000:]

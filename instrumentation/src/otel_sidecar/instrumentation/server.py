@@ -1,4 +1,4 @@
-"""A FastAPI request's server span for less of the app's CPU: the same span as the FastAPI
+"""A FastAPI request's server span for less of the app's CPU: the span the FastAPI
 instrumentation makes, with the work that serves no one left out.
 
 ``opentelemetry-instrumentation-fastapi`` wraps each app in the ASGI instrumentation's
@@ -6,45 +6,37 @@ instrumentation makes, with the work that serves no one left out.
 every route of the app to name the span (a regular expression per route), sets each request
 attribute twice (at the span's start, then one by one), and prepares the attributes of HTTP
 metrics, which the distribution turns off by default (the sidecar computes them from spans).
-:func:`install` wraps the middleware's ``__call__`` so that it makes the same span (name,
+:func:`install` wraps the middleware's ``__call__`` so that it exports the same span (name,
 kind, attributes, status, exceptions, captured headers, its end when the response body is
 sent) with less work:
 
-- the route is read once the app has routed the request (Starlette and FastAPI put the
-  matched route in the scope), when the response starts; its template is remembered per route
-  object and used only when the request's path matches that route's own pattern (a router
-  included under two prefixes is looked up in full, as upstream does);
+- the route is named when the response starts, from the route the app's routing matched:
+  upstream's lookup runs once per route, and its template is reused while that is certain to
+  give upstream's answer (the route appears once in the app, the request matched it fully,
+  no mount or middleware changed the path on the way, the app's routes are as they were);
 - request attributes are set once, at the span's start;
 - no metric bookkeeping.
 
-It takes over only where that is the same span: HTTP requests (not websockets) to a FastAPI
-app, metrics off (a no-op meter), ``send`` and ``receive`` spans excluded (the defaults here).
-Anywhere else upstream's ``__call__`` runs. The class stays upstream's own: FastAPI's built-in
-telemetry recognises it by name and stays off, so requests are not traced twice.
+What differs, by design: until the response starts the span is named by the method alone and
+has no ``http.route`` (code reading the current span's name inside an endpoint sees ``GET``),
+and ``http.route`` comes after the captured headers (with an attribute limit set low enough to
+drop attributes, a different one goes). A name or ``http.route`` the app sets itself is kept.
+
+It takes over only where nothing could read the span's name at its start: HTTP requests (not
+websockets) to a FastAPI app, metrics off (a no-op meter), ``send`` and ``receive`` spans
+excluded (the defaults here), no ``server_request_hook``, a sampler that reads no names or
+attributes (this distribution's, or one of the SDK's own). Anywhere else, or with an
+instrumentation release that lacks what it relies on, upstream's ``__call__`` runs. The class
+stays upstream's own: FastAPI's built-in telemetry recognises it by name and stays off, so
+requests are not traced twice.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import MutableMapping
 from typing import Any, Callable
-
-from opentelemetry import context, trace
-from opentelemetry.instrumentation.asgi import (
-    OpenTelemetryMiddleware,
-    asgi_getter,
-    asgi_setter,
-    collect_custom_headers_attributes,
-    collect_request_attributes,
-    get_host_port_url_tuple,
-)
-from opentelemetry.instrumentation.propagators import get_global_response_propagator
-from opentelemetry.instrumentation.utils import (
-    _start_internal_or_server_span,
-    is_http_instrumentation_enabled,
-)
-from opentelemetry.metrics import NoOpMeter
-from opentelemetry.util.http import normalise_request_header_name, sanitize_method
 
 from otel_sidecar.instrumentation.patches import patch, unpatch
 
@@ -54,35 +46,59 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Any]
 _MAX_ROUTES = 1_000  # templates remembered; routes are few, but an app can add them at runtime
+# Read on upstream's middleware instance by the lean path.
+_MIDDLEWARE_FIELDS = (
+    "app",
+    "tracer",
+    "excluded_urls",
+    "_sem_conv_opt_in_mode",
+    "http_capture_headers_server_request",
+    "http_capture_headers_sanitize_fields",
+    "_set_server_span",
+)
+_OTEL: dict[str, Any] = {}  # what the lean path uses from upstream, set by install()
 
 
 class _Routes:
-    """What a middleware instance needs for the lean path: the FastAPI instrumentation's route
-    lookup (the reference), and the templates found so far, per route object."""
+    """Route templates of one app, found by upstream's lookup and remembered per route object
+    while reusing them is certain to give upstream's answer."""
 
-    def __init__(self, lookup: Callable[[Scope], str | None], path: Callable[[Scope], str]):
-        self._lookup = lookup
-        self._path = path
-        self._templates: dict[int, tuple[Any, str]] = {}
+    def __init__(self) -> None:
+        # id(route) -> (weak reference to the route, its template, the app's route count then)
+        self._templates: dict[int, tuple[weakref.ref[Any], str, int]] = {}
 
     def template(self, request: Scope, routed: Scope) -> str | None:
-        """The matched route's template, as upstream's lookup gives it for ``request`` (the
-        scope as it came in); ``routed`` is the scope the app's routing wrote to."""
+        """The template upstream's lookup gives ``request`` (the scope as it came in);
+        ``routed`` is the scope the app's routing wrote to."""
         matched = routed.get("route")
-        known = self._templates.get(id(matched)) if matched is not None else None
-        if known is not None and known[0] is matched and self._matches(matched, request):
-            return known[1]
-        template = self._lookup(request)
-        own = getattr(matched, "path", None)
-        if template is not None and template == own and self._matches(matched, request):
+        direct = matched is not None and _routed_directly(matched, request, routed)
+        routes = getattr(request.get("app"), "routes", ())
+        if direct:
+            known = self._templates.get(id(matched))
+            if known is not None and known[0]() is matched and known[2] == len(routes):
+                return known[1]
+        template: str | None = _OTEL["lookup"](request)
+        if direct and template is not None and _occurrences(routes, matched) == 1:
             if len(self._templates) >= _MAX_ROUTES:
                 self._templates.clear()
-            self._templates[id(matched)] = (matched, template)
+            self._templates[id(matched)] = (weakref.ref(matched), template, len(routes))
         return template
 
-    def _matches(self, route: Any, request: Scope) -> bool:
-        pattern = getattr(route, "path_regex", None)
-        return pattern is not None and pattern.match(self._path(request)) is not None
+
+def _routed_directly(route: Any, request: Scope, routed: Scope) -> bool:
+    """The app's own router matched ``route`` fully on the path the request came with: no
+    partial match (405), no mount on the way, no middleware rewriting the path."""
+    return (
+        request.get("method") in (getattr(route, "methods", None) or ())
+        and routed.get("path") == request.get("path")
+        and routed.get("root_path") == request.get("root_path")
+    )
+
+
+def _occurrences(routes: Any, route: Any) -> int:
+    """How many times ``route`` is reachable among the app's routes (an included router's
+    route once per inclusion, each with its own prefix)."""
+    return sum(getattr(item, "original_route", item) is route for item in _OTEL["flatten"](routes))
 
 
 def _routes_of(middleware: Any) -> _Routes | None:
@@ -91,33 +107,42 @@ def _routes_of(middleware: Any) -> _Routes | None:
         return middleware._otel_sidecar_routes  # type: ignore[no-any-return]
     except AttributeError:
         pass
-    routes = None
-    lookup = _FASTAPI.get("lookup")
-    if (
-        lookup is not None
-        and getattr(middleware, "default_span_details", None) is _FASTAPI.get("details")
-        and isinstance(getattr(middleware, "meter", None), NoOpMeter)
-        and getattr(middleware, "exclude_send_span", False)
-        and getattr(middleware, "exclude_receive_span", False)
-        and hasattr(middleware, "_set_server_span")
-    ):
-        routes = _Routes(lookup, _FASTAPI["path"])
+    lean = (
+        getattr(middleware, "default_span_details", None) is _OTEL.get("details")
+        and isinstance(getattr(middleware, "meter", None), _OTEL["NoOpMeter"])
+        and getattr(middleware, "exclude_send_span", False) is True
+        and getattr(middleware, "exclude_receive_span", False) is True
+        and getattr(middleware, "server_request_hook", True) is None
+        and all(hasattr(middleware, name) for name in _MIDDLEWARE_FIELDS)
+        and _reads_no_names(getattr(middleware.tracer, "sampler", None))
+    )
+    routes = _Routes() if lean else None
     middleware._otel_sidecar_routes = routes
     return routes
 
 
-_FASTAPI: dict[str, Any] = {}  # the FastAPI instrumentation's functions, set by install()
+def _reads_no_names(sampler: Any) -> bool:
+    """Whether ``sampler`` decides without the span's name and attributes: this distribution's
+    sampler (it reads the kind) and the SDK's own, whatever their delegates are."""
+    from opentelemetry.sdk.trace import sampling
+
+    from otel_sidecar.instrumentation.sampler import RequestRootsSampler
+
+    if isinstance(sampler, RequestRootsSampler):
+        return True
+    if isinstance(sampler, sampling.ParentBased):
+        delegates = [value for name, value in vars(sampler).items() if name.startswith("_")]
+        return all(_reads_no_names(delegate) for delegate in delegates)
+    return type(sampler).__module__ == sampling.__name__
 
 
 def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
     async def __call__(self: Any, scope: Scope, receive: Any, send: Send) -> None:
         routes = _routes_of(self) if scope["type"] == "http" else None
-        if routes is None or not is_http_instrumentation_enabled():
+        if routes is None or not _OTEL["enabled"]():
             await original(self, scope, receive, send)
             return
-        if self.excluded_urls and self.excluded_urls.url_disabled(
-            get_host_port_url_tuple(scope)[2]
-        ):
+        if self.excluded_urls and self.excluded_urls.url_disabled(_OTEL["url"](scope)[2]):
             await self.app(scope, receive, send)
             return
         await _traced(self, routes, scope, receive, send)
@@ -127,101 +152,129 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
 
 async def _traced(middleware: Any, routes: _Routes, scope: Scope, receive: Any, send: Send) -> None:
     request = dict(scope)  # as it came: routing adds to the scope
-    method = sanitize_method(scope.get("method", "").strip())
+    method = _OTEL["sanitize_method"](scope.get("method", "").strip())
     method = "HTTP" if method == "_OTHER" else method
-    span, token = _start_internal_or_server_span(
+    span, token = _OTEL["start_span"](
         tracer=middleware.tracer,
         span_name=method,
         start_time=None,
         context_carrier=scope,
-        context_getter=asgi_getter,
-        attributes=collect_request_attributes(scope, middleware._sem_conv_opt_in_mode),
+        context_getter=_OTEL["getter"],
+        attributes=_OTEL["request_attributes"](scope, middleware._sem_conv_opt_in_mode),
     )
     named = False
 
     def name() -> None:
         nonlocal named
         named = True
-        try:
-            route = routes.template(request, scope) if span.is_recording() else None
-        except Exception as error:  # naming a span must never fail the app's response
-            _log.debug("no route for the server span: %r", error)
-            return
-        if route:
-            span.update_name(f"{method} {route}")
-            span.set_attribute("http.route", route)
-
-    trailers = False
+        if span.is_recording():
+            _name(span, method, routes, request, scope)
 
     async def send_and_record(message: Message) -> None:
-        nonlocal trailers
         kind = message["type"]
         if kind == "http.response.start":
-            trailers = message.get("trailers", False)
             name()
             middleware._set_server_span(span, message, message["status"], {})
             _inject_response_context(span, message)
         await send(message)
-        if (kind == "http.response.body" and not trailers and not message.get("more_body")) or (
-            kind == "http.response.trailers" and not message.get("more_trailers")
-        ):
+        # As upstream with send spans excluded: the span ends with the last body message.
+        if kind == "http.response.body" and not message.get("more_body"):
             span.end()
 
+    trace = _OTEL["trace"]
     try:
         with trace.use_span(span, end_on_exit=False):
             if span.is_recording() and span.kind == trace.SpanKind.SERVER:
                 _capture_request_headers(middleware, span, scope)
-            if middleware.server_request_hook is not None:
-                middleware.server_request_hook(span, scope)
             await middleware.app(scope, receive, send_and_record)
     finally:
         if not named:  # no response started (the client left first)
             name()
         if token:
-            context.detach(token)
+            _OTEL["context"].detach(token)
         if span.is_recording():
             span.end()
 
 
-def _capture_request_headers(middleware: Any, span: trace.Span, scope: Scope) -> None:
+def _name(span: Any, method: str, routes: _Routes, request: Scope, routed: Scope) -> None:
+    """Name the span after its route, unless the app named it itself."""
+    try:
+        route = routes.template(request, routed)
+    except Exception as error:  # naming a span must never fail the app's response
+        _log.debug("no route for the server span: %r", error)
+        return
+    if not route:
+        return
+    if span.name == method:
+        span.update_name(f"{method} {route}")
+    if "http.route" not in span.attributes:
+        span.set_attribute("http.route", route)
+
+
+def _capture_request_headers(middleware: Any, span: Any, scope: Scope) -> None:
     if middleware.http_capture_headers_server_request:
-        headers = collect_custom_headers_attributes(
+        headers = _OTEL["header_attributes"](
             scope,
             middleware.http_capture_headers_sanitize_fields,
             middleware.http_capture_headers_server_request,
-            normalise_request_header_name,
+            _OTEL["header_name"],
         )
         if headers:
             span.set_attributes(headers)
 
 
-def _inject_response_context(span: trace.Span, message: Message) -> None:
-    propagator = get_global_response_propagator()
+def _inject_response_context(span: Any, message: Message) -> None:
+    propagator = _OTEL["response_propagator"]()
     if propagator:
+        context, trace = _OTEL["context"], _OTEL["trace"]
         propagator.inject(
             message,
             context=trace.set_span_in_context(span, context.Context()),
-            setter=asgi_setter,
+            setter=_OTEL["setter"],
         )
 
 
 def install() -> None:
-    """From now on, FastAPI apps' server spans are made the lean way (where it is the same
-    span); a release of the instrumentation without what it relies on keeps upstream's."""
+    """From now on, FastAPI apps' server spans are made the lean way where that gives
+    upstream's span; an instrumentation release without what it relies on keeps upstream's."""
     try:
+        from opentelemetry import context, trace
+        from opentelemetry.instrumentation import asgi
         from opentelemetry.instrumentation import fastapi as instrumentation
-        from starlette._utils import get_route_path
-    except ImportError as error:
-        _log.debug("the server span stays upstream's: %s", error)
-        return
-    lookup = getattr(instrumentation, "_get_route_details", None)
-    details = getattr(instrumentation, "_get_default_span_details", None)
-    if lookup is None or details is None:
-        return
-    _FASTAPI.update(lookup=lookup, details=details, path=get_route_path)
-    patch(OpenTelemetryMiddleware, "__call__", _wrap_call)
+        from opentelemetry.instrumentation.propagators import get_global_response_propagator
+        from opentelemetry.instrumentation.utils import (
+            _start_internal_or_server_span,
+            is_http_instrumentation_enabled,
+        )
+        from opentelemetry.metrics import NoOpMeter
+        from opentelemetry.util.http import normalise_request_header_name, sanitize_method
+
+        _OTEL.update(
+            lookup=instrumentation._get_route_details,
+            details=instrumentation._get_default_span_details,
+            flatten=instrumentation._flatten_routes,
+            getter=asgi.asgi_getter,
+            setter=asgi.asgi_setter,
+            url=asgi.get_host_port_url_tuple,
+            request_attributes=asgi.collect_request_attributes,
+            header_attributes=asgi.collect_custom_headers_attributes,
+            header_name=normalise_request_header_name,
+            sanitize_method=sanitize_method,
+            start_span=_start_internal_or_server_span,
+            enabled=is_http_instrumentation_enabled,
+            response_propagator=get_global_response_propagator,
+            NoOpMeter=NoOpMeter,
+            context=context,
+            trace=trace,
+        )
+        patch(asgi.OpenTelemetryMiddleware, "__call__", _wrap_call)
+    except (ImportError, AttributeError) as error:
+        _OTEL.clear()
+        _log.debug("the server span stays upstream's: %r", error)
 
 
 def uninstall() -> None:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
     unpatch(OpenTelemetryMiddleware, "__call__")
-    _FASTAPI.clear()
+    _OTEL.clear()
