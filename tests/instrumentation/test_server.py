@@ -173,21 +173,31 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
 ]
 
 
-def spans_from(lean: bool, root_path: str) -> tuple[list[dict[str, Any]], list[str | None]]:
-    """The spans of :data:`REQUESTS`, and the ``traceresponse`` header of each answer."""
+def instrumented(app: FastAPI, **options: Any) -> InMemorySpanExporter:
+    """``app`` instrumented as the distribution does (metrics off, no send/receive spans),
+    its spans kept in memory."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=provider,
+        meter_provider=NoOpMeterProvider(),
+        exclude_spans=["send", "receive"],
+        **options,
+    )
+    return exporter
+
+
+def spans_from(lean: bool, root_path: str) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """The spans of :data:`REQUESTS`, and the ``traceresponse`` header of each answer."""
     app = build_app()
     if lean:
         server.install()
     try:
-        FastAPIInstrumentor.instrument_app(
+        exporter = instrumented(
             app,
-            tracer_provider=provider,
-            meter_provider=NoOpMeterProvider(),
             excluded_urls="/health",
-            exclude_spans=["send", "receive"],
             http_capture_headers_server_request=["user-agent", "x-request-id", "cookie"],
             http_capture_headers_sanitize_fields=["cookie"],
         )
@@ -352,16 +362,7 @@ def test_a_failing_route_lookup_leaves_the_answer_alone(monkeypatch: pytest.Monk
             raise RuntimeError("a route the lookup cannot read")
 
         monkeypatch.setitem(server._OTEL, "lookup", broken)
-        exporter = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        app = build_app()
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=provider,
-            meter_provider=NoOpMeterProvider(),
-            exclude_spans=["send", "receive"],
-        )
+        exporter = instrumented(app := build_app())
         (answer,) = asyncio.run(send(app, [("GET", "/items/1", {})]))
     finally:
         server.uninstall()
@@ -370,18 +371,10 @@ def test_a_failing_route_lookup_leaves_the_answer_alone(monkeypatch: pytest.Monk
 
 
 def test_a_route_included_again_at_runtime_is_named_by_its_new_prefix() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = build_app()
     server.install()
     try:
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=provider,
-            meter_provider=NoOpMeterProvider(),
-            exclude_spans=["send", "receive"],
-        )
+        exporter = instrumented(app)
         asyncio.run(send(app, [("GET", "/api/lessons/1", {})]))
         app.include_router(routers()["lessons"], prefix="/api/v9")
         asyncio.run(send(app, [("GET", "/api/v9/lessons/2", {})]))
