@@ -294,7 +294,14 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         calls.append(scope["path"])
         return lookup(scope)  # type: ignore[no-any-return]
 
+    flatten = server._OTEL["flatten"]
+
+    def counted_walk(routes: Any) -> Any:
+        calls.append("walk")  # the app's routes walked to count a route's occurrences
+        return flatten(routes)
+
     monkeypatch.setitem(server._OTEL, "lookup", counted)
+    monkeypatch.setitem(server._OTEL, "flatten", counted_walk)
     yield calls
     server.uninstall()
 
@@ -314,6 +321,7 @@ def test_the_route_lookup_runs_once_per_route(lookups: list[str]) -> None:
     assert [path for path in lookups if path.startswith("/items")] == ["/items/0"]
     assert [path for path in lookups if path.startswith("/api")] == ["/api/lessons/0"]
     assert len([path for path in lookups if path.startswith("/v2")]) == 5
+    assert lookups.count("walk") == len(PATHS)  # once per route, not per request
 
 
 class RouteSampler(Sampler):

@@ -64,24 +64,27 @@ class _Routes:
     while reusing them is certain to give upstream's answer."""
 
     def __init__(self) -> None:
-        # id(route) -> (weak reference to the route, its template, the app's route count then)
-        self._templates: dict[int, tuple[weakref.ref[Any], str, int]] = {}
+        # id(route) -> (weak reference to the route, its template or None where it is reachable
+        # more than once, the app's route count then)
+        self._templates: dict[int, tuple[weakref.ref[Any], str | None, int]] = {}
 
     def template(self, request: Scope, routed: Scope) -> str | None:
         """The template upstream's lookup gives ``request`` (the scope as it came in);
         ``routed`` is the scope the app's routing wrote to."""
+        lookup = _OTEL["lookup"]
         matched = routed.get("route")
-        direct = matched is not None and _routed_directly(matched, request, routed)
+        if matched is None or not _routed_directly(matched, request, routed):
+            return lookup(request)  # type: ignore[no-any-return]
         routes = getattr(request.get("app"), "routes", ())
-        if direct:
-            known = self._templates.get(id(matched))
-            if known is not None and known[0]() is matched and known[2] == len(routes):
-                return known[1]
-        template: str | None = _OTEL["lookup"](request)
-        if direct and template is not None and _occurrences(routes, matched) == 1:
+        known = self._templates.get(id(matched))
+        if known is not None and known[0]() is matched and known[2] == len(routes):
+            return known[1] or lookup(request)
+        template: str | None = lookup(request)
+        if template is not None:
             if len(self._templates) >= _MAX_ROUTES:
                 self._templates.clear()
-            self._templates[id(matched)] = (weakref.ref(matched), template, len(routes))
+            remembered = template if _occurrences(routes, matched) == 1 else None
+            self._templates[id(matched)] = (weakref.ref(matched), remembered, len(routes))
         return template
 
 
@@ -123,7 +126,7 @@ def _routes_of(middleware: Any) -> _Routes | None:
 
 def _reads_no_names(sampler: Any) -> bool:
     """Whether ``sampler`` decides without the span's name and attributes: this distribution's
-    sampler (it reads the kind) and the SDK's own, whatever their delegates are."""
+    sampler (it reads the kind) and the SDK's own (``ParentBased`` if its delegates are)."""
     from opentelemetry.sdk.trace import sampling
 
     from otel_sidecar.instrumentation.sampler import RequestRootsSampler
