@@ -48,9 +48,12 @@ def attribute_dict(attributes: Iterable[KeyValue]) -> dict[str, Any]:
     return out
 
 
+_AS_IS = (str, bool, int)  # a tuple: `str | bool | int` is built anew at every call (4x slower)
+
+
 def jsonable(value: Any) -> Any:
     """What JSON (and so Sentry) can carry: bytes as base64, NaN and infinities as text."""
-    if isinstance(value, str | bool | int) or value is None:
+    if isinstance(value, _AS_IS) or value is None:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
