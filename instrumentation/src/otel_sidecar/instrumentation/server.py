@@ -165,18 +165,11 @@ async def _traced(middleware: Any, routes: _Routes, scope: Scope, receive: Any, 
         context_getter=_OTEL["getter"],
         attributes=_OTEL["request_attributes"](scope, middleware._sem_conv_opt_in_mode),
     )
-    named = False
-
-    def name() -> None:
-        nonlocal named
-        named = True
-        if span.is_recording():
-            _name(span, method, routes, request, scope)
 
     async def send_and_record(message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            name()
+            _name(span, method, routes, request, scope)
             middleware._set_server_span(span, message, message["status"], {})
             _inject_response_context(span, message)
         await send(message)
@@ -191,8 +184,8 @@ async def _traced(middleware: Any, routes: _Routes, scope: Scope, receive: Any, 
                 _capture_request_headers(middleware, span, scope)
             await middleware.app(scope, receive, send_and_record)
     finally:
-        if not named:  # no response started (the client left first)
-            name()
+        # Ended at the last body message; otherwise the client left first, named or not yet.
+        _name(span, method, routes, request, scope)
         if token:
             _OTEL["context"].detach(token)
         if span.is_recording():
@@ -200,7 +193,9 @@ async def _traced(middleware: Any, routes: _Routes, scope: Scope, receive: Any, 
 
 
 def _name(span: Any, method: str, routes: _Routes, request: Scope, routed: Scope) -> None:
-    """Name the span after its route, unless the app named it itself."""
+    """Name the span after its route, unless it has ended or its name and route are set."""
+    if not span.is_recording() or (span.name != method and "http.route" in span.attributes):
+        return
     try:
         route = routes.template(request, routed)
     except Exception as error:  # naming a span must never fail the app's response
