@@ -5,10 +5,13 @@ in test_memory_limiter.py and test_receivers.py)."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+import gc
+from types import FrameType, SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.component import Refused
 from collector.memory import (
@@ -27,8 +30,9 @@ from collector.processors.memory_limiter import (
     MemoryLimiter,
     MemoryLimiterSettings,
 )
-from collector.receivers.intake import Intake
-from collector.settings import Duration
+from collector.receivers.intake import GrpcSettings, Intake
+from collector.receivers.otlp_grpc import OtlpGrpcServer
+from collector.settings import Duration, Endpoint
 from collector.signals import Batch, InvalidBatch, Signal
 from collector.telemetry import REGISTRY
 from tests.test_receivers import trace_request
@@ -308,3 +312,65 @@ def test_freed_memory_is_handed_back_to_the_os(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr("collector.memory.ctypes.CDLL", not_glibc)
     give_back()  # elsewhere: nothing to trim, no error
+
+
+class RefusesOnceRead:
+    """A pipeline that lets calls be read, then refuses them: the exporter's queue filled."""
+
+    def admit(self) -> None:
+        pass
+
+    async def consume(self, batch: Batch) -> None:
+        raise Refused("queue_full", 1.0)
+
+
+def test_a_refused_call_leaves_nothing_it_read_in_cyclic_garbage() -> None:
+    """grpc keeps an abort's exception in a reference cycle until the garbage collector runs,
+    with every frame of its traceback: none of those may hold the call's bytes or its parsed
+    batch, or a flood of calls refused after reading holds all of theirs until then (the
+    sidecar collects cycles less often than Python's default). Refused by the pipeline, not
+    protobuf, and with invalid ids: each answered as before."""
+    request = trace_request(spans=50)
+    bad_ids = trace_request(spans=1)
+    bad_ids.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x01"
+    payloads = [request.SerializeToString(), b"\xff\xff not protobuf", bad_ids.SerializeToString()]
+    codes: list[grpc.StatusCode] = []
+
+    async def calls() -> None:
+        intake = Intake("test_garbage", {Signal.TRACES: RefusesOnceRead()})
+        server = OtlpGrpcServer(GrpcSettings(endpoint=Endpoint("127.0.0.1:0")), intake)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                export = channel.unary_unary(f"/{Signal.TRACES.grpc_service}/Export")
+                for payload in payloads:
+                    with pytest.raises(grpc.aio.AioRpcError) as raised:
+                        await export(payload)
+                    codes.append(raised.value.code())
+        finally:
+            await server.shutdown(0)
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(calls())
+        gc.collect()
+        garbage = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert codes == [grpc.StatusCode.UNAVAILABLE, *[grpc.StatusCode.INVALID_ARGUMENT] * 2]
+    # The sidecar's own frames (the client's, here in the test, hold what they sent).
+    frames = [
+        item
+        for item in garbage
+        if isinstance(item, FrameType) and "/collector/" in item.f_code.co_filename
+    ]
+    assert any(frame.f_code.co_name == "export" for frame in frames)  # the cycle is there
+    holding = [
+        frame.f_code.co_name
+        for frame in frames
+        for value in frame.f_locals.values()
+        if value in payloads or isinstance(value, ExportTraceServiceRequest)
+    ]
+    assert holding == []

@@ -24,6 +24,13 @@ from collector.receivers.intake import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
 
+# What a refused call is answered: a status and its details.
+Failure = tuple[grpc.StatusCode, str]
+
+
+def _overloaded(refusal: Refused) -> Failure:
+    return grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
+
 
 class OtlpGrpcServer:
     def __init__(self, settings: GrpcSettings, intake: Intake) -> None:
@@ -91,39 +98,48 @@ class OtlpGrpcServer:
         intake = self.intake
 
         async def export(requests: object, context: grpc.aio.ServicerContext) -> bytes:
+            failure = await take(context)
+            if failure is not None:
+                # Raised only here, where nothing the call read is reachable: grpc keeps an
+                # abort's exception in a reference cycle, and every frame of its traceback
+                # (the request's bytes, the parsed batch) with it, until the garbage
+                # collector runs; a flood of refused calls would hold their batches until then.
+                await context.abort(*failure)
+            return success
+
+        async def take(context: grpc.aio.ServicerContext) -> Failure | None:
+            """Read, check and accept the call's message; None, or what to answer instead."""
             try:
                 intake.check_ready(signal)
                 # Held while read: what the biggest message would cost parsed, so that no
                 # more is read at once than could then be let in.
                 with intake.reading(signal, ADMISSION.cost(limit)):
                     request = await read(context)
+                if not isinstance(request, bytes):
+                    return request
                 with intake.admission(signal, len(request)):
                     async with OVERLOAD.handling():
-                        return await parse_and_accept(request, context)
+                        return await parse_and_accept(request)
             except TooCostly as error:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+                return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
             except Refused as refusal:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
-                )
-            return success  # not reached: abort raises
+                return _overloaded(refusal)
 
-        async def read(context: grpc.aio.ServicerContext) -> bytes:
+        async def read(context: grpc.aio.ServicerContext) -> bytes | Failure:
             try:
                 request, after = await asyncio.wait_for(read_one(context), body_timeout(limit))
             except TimeoutError:  # a message trickling in holds what its read may cost
                 intake.refused(signal, "timeout")
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "request message too slow")
+                return grpc.StatusCode.UNAVAILABLE, "request message too slow"
             if request is grpc.aio.EOF:
                 if context.done():  # cancelled, or too large: grpc has answered already
                     raise asyncio.CancelledError
                 intake.refused(signal, "invalid")
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+                return grpc.StatusCode.INVALID_ARGUMENT, "no request message"
             if after is not grpc.aio.EOF:  # Export is unary: a second message is not ours to drop
                 intake.refused(signal, "invalid")
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "Export takes one request message per call"
-                )
+                return grpc.StatusCode.INVALID_ARGUMENT, "Export takes one request message per call"
+            assert isinstance(request, bytes)  # no deserializer: grpc hands over the bytes
             return request
 
         async def read_one(context: grpc.aio.ServicerContext) -> tuple[object, object]:
@@ -133,28 +149,27 @@ class OtlpGrpcServer:
                 return request, request
             return request, await context.read()
 
-        async def parse_and_accept(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def parse_and_accept(request: bytes) -> Failure | None:
             try:
                 batch = parse(request)
             except DecodeError:
                 intake.refused(signal, "invalid")
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid OTLP protobuf message"
+                return (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "request is not a valid OTLP protobuf message",
                 )
             try:
                 await intake.accept(signal, batch)
             except InvalidBatch as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+                return grpc.StatusCode.INVALID_ARGUMENT, str(error)
             except TooCostly as error:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+                return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
             except Refused as refusal:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
-                )
+                return _overloaded(refusal)
             except Exception:
                 log.exception("receiver_error", receiver=intake.transport, signal=signal.value)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            return success
+                return grpc.StatusCode.INTERNAL, "internal error"
+            return None
 
         # A unary call on the wire, taken as client-streaming so that the handler runs before
         # the message is read: it can refuse at once, and what the read may cost is held.
