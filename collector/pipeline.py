@@ -58,7 +58,10 @@ class FanOut:
         results = await asyncio.gather(*deliveries, return_exceptions=True)
         refusals = [r for r in results if isinstance(r, Refused)]
         if refusals:
-            raise refusals[0]  # after every other exporter had the batch
+            try:
+                raise refusals[0]  # after every other exporter had the batch
+            finally:  # else this frame, and the batch, sit in a cycle with the refusal
+                del results, refusals
 
     async def _deliver(self, exporter: Exporter, batch: Batch) -> None:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from types import FrameType, SimpleNamespace
 from typing import Any
 
@@ -13,7 +14,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.component import Refused
+from collector.component import Entrance, Refused
 from collector.memory import (
     ADMISSION,
     HELD,
@@ -25,13 +26,16 @@ from collector.memory import (
     give_back,
     resident_bytes,
 )
+from collector.pipeline import Door, FanOut
+from collector.processors.batch import BatchProcessor, BatchSettings
 from collector.processors.memory_limiter import (
     WORKING_SET_MIB,
     MemoryLimiter,
     MemoryLimiterSettings,
 )
-from collector.receivers.intake import GrpcSettings, Intake
+from collector.receivers.intake import GrpcSettings, HttpSettings, Intake
 from collector.receivers.otlp_grpc import OtlpGrpcServer
+from collector.receivers.otlp_http import OtlpHttpServer
 from collector.settings import Duration, Endpoint
 from collector.signals import Batch, InvalidBatch, Signal
 from collector.telemetry import REGISTRY
@@ -324,12 +328,76 @@ class RefusesOnceRead:
         raise Refused("queue_full", 1.0)
 
 
-def test_a_refused_call_leaves_nothing_it_read_in_cyclic_garbage() -> None:
+class FullStorage:
+    """A durable exporter whose storage refuses what it is given (disk full)."""
+
+    name = "full_storage"
+    accepts_unsampled_errors = True
+    durable = True
+
+    def admit(self) -> None:
+        pass
+
+    async def consume(self, batch: Batch) -> None:
+        raise Refused("storage_error", 1.0)
+
+
+def fanned_out() -> Door:
+    """A pipeline's door straight to the fan-out to its exporters."""
+    exporter = FullStorage()
+    return Door(FanOut([exporter]), [exporter])
+
+
+def wired_pipeline() -> Door:
+    """The way the sidecar wires a pipeline for a durable exporter: its door, a batch
+    processor that waits for the exporter's send, the fan-out."""
+    exporter = FullStorage()
+    batch = BatchProcessor("batch", BatchSettings(send_batch_size=10_000), Signal.TRACES,
+                           FanOut([exporter]))  # fmt: skip
+    batch.joined([], [exporter])
+    return Door(batch, [exporter])
+
+
+def cyclic_garbage_of(work: Callable[[], object], frames_only: bool = True) -> list[Any]:
+    """What ``work`` left in reference cycles: the sidecar's frames (not the test's), or all."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        work()
+        gc.collect()
+        garbage = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    if not frames_only:
+        return garbage
+    return [
+        g for g in garbage if isinstance(g, FrameType) and "/collector/" in g.f_code.co_filename
+    ]
+
+
+def holding(frames: list[FrameType], payloads: list[bytes]) -> list[str]:
+    """The frames whose locals hold one of ``payloads`` or a parsed batch."""
+    return [
+        frame.f_code.co_name
+        for frame in frames
+        for value in frame.f_locals.values()
+        if value in payloads or isinstance(value, ExportTraceServiceRequest)
+    ]
+
+
+@pytest.mark.parametrize(
+    "pipeline", [RefusesOnceRead, fanned_out, wired_pipeline], ids=["refusing", "fan-out", "wired"]
+)
+def test_a_refused_call_leaves_nothing_it_read_in_cyclic_garbage(
+    pipeline: Callable[[], Entrance],
+) -> None:
     """grpc keeps an abort's exception in a reference cycle until the garbage collector runs,
     with every frame of its traceback: none of those may hold the call's bytes or its parsed
     batch, or a flood of calls refused after reading holds all of theirs until then (the
-    sidecar collects cycles less often than Python's default). Refused by the pipeline, not
-    protobuf, and with invalid ids: each answered as before."""
+    sidecar collects cycles less often than Python's default). Refused by the pipeline
+    (directly, and through a door, a waiting batch processor and the fan-out), not protobuf,
+    and with invalid ids: each answered as before."""
     request = trace_request(spans=50)
     bad_ids = trace_request(spans=1)
     bad_ids.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x01"
@@ -337,7 +405,7 @@ def test_a_refused_call_leaves_nothing_it_read_in_cyclic_garbage() -> None:
     codes: list[grpc.StatusCode] = []
 
     async def calls() -> None:
-        intake = Intake("test_garbage", {Signal.TRACES: RefusesOnceRead()})
+        intake = Intake("test_garbage", {Signal.TRACES: pipeline()})
         server = OtlpGrpcServer(GrpcSettings(endpoint=Endpoint("127.0.0.1:0")), intake)
         await server.start()
         try:
@@ -350,27 +418,41 @@ def test_a_refused_call_leaves_nothing_it_read_in_cyclic_garbage() -> None:
         finally:
             await server.shutdown(0)
 
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        asyncio.run(calls())
-        gc.collect()
-        garbage = list(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+    frames = cyclic_garbage_of(lambda: asyncio.run(calls()))
     assert codes == [grpc.StatusCode.UNAVAILABLE, *[grpc.StatusCode.INVALID_ARGUMENT] * 2]
-    # The sidecar's own frames (the client's, here in the test, hold what they sent).
-    frames = [
-        item
+    assert holding(frames, payloads) == []
+
+
+def test_a_body_refused_for_its_size_leaves_nothing_in_cyclic_garbage() -> None:
+    """A chunked OTLP/HTTP body that grows past the limit is answered 413; the part read must
+    not sit in a reference cycle (asyncio.wait_for's task left one: 8.7 MiB per refusal)."""
+    chunk = b"\x00" * (256 * 1024)
+    codes: list[int] = []
+
+    async def post() -> None:
+        settings = HttpSettings(endpoint=Endpoint("127.0.0.1:0"), max_request_body_size_mib=1)
+        intake = Intake("test_garbage_http", {Signal.TRACES: RefusesOnceRead()})
+        receiver = OtlpHttpServer(settings, intake)
+        await receiver.start()
+        try:
+            host, port = receiver.address.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                         b"Content-Type: application/x-protobuf\r\n\r\n")  # fmt: skip
+            for _ in range(8):  # 2 MiB, twice the limit
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            writer.write(b"0\r\n\r\n")
+            codes.append(int((await reader.readline()).split()[1]))
+            writer.close()
+        finally:
+            await receiver.shutdown(0)
+
+    garbage = cyclic_garbage_of(lambda: asyncio.run(post()), frames_only=False)
+    held = [
+        len(value)
         for item in garbage
-        if isinstance(item, FrameType) and "/collector/" in item.f_code.co_filename
+        for value in gc.get_referents(item)
+        if isinstance(value, (bytes, bytearray)) and len(value) >= len(chunk)
     ]
-    assert any(frame.f_code.co_name == "export" for frame in frames)  # the cycle is there
-    holding = [
-        frame.f_code.co_name
-        for frame in frames
-        for value in frame.f_locals.values()
-        if value in payloads or isinstance(value, ExportTraceServiceRequest)
-    ]
-    assert holding == []
+    assert codes == [413]
+    assert held == []

@@ -214,8 +214,9 @@ def test_a_body_of_unknown_size_holds_what_it_may_grow_to_while_read() -> None:
 def test_the_resident_watch_refuses_above_its_mark_and_recovers_below(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Over the mark (not at it), memory is given back and measured again; the limiter
-    refuses while it stays over, lets data in once below, and stops watching at shutdown."""
+    """Over the mark (not at it), cyclic garbage is collected and memory given back, then
+    measured again; the limiter refuses while it stays over, lets data in once below, and
+    stops watching at shutdown."""
     import asyncio
 
     from collector.memory import ADMISSION
@@ -227,13 +228,17 @@ def test_the_resident_watch_refuses_above_its_mark_and_recovers_below(
     given_back = [0]
     freed_to: list[int | None] = [None]  # what giving memory back brings the size down to
 
+    steps: list[str] = []
+
     def give_back() -> None:
         given_back[0] += 1
+        steps.append("give_back")
         if freed_to[0] is not None:
             resident[0] = freed_to[0]
 
     monkeypatch.setattr(module, "resident_bytes", lambda: resident[0])
     monkeypatch.setattr(module, "give_back", give_back)
+    monkeypatch.setattr(module.gc, "collect", lambda: steps.append("collect"))
     passed: list[object] = []
 
     class Next:
@@ -277,5 +282,8 @@ def test_the_resident_watch_refuses_above_its_mark_and_recovers_below(
         assert passed == ["batch"]
         await limiter.shutdown()
         assert limiter._watch is None and limiter not in ADMISSION._limits
+        # At start, memory is only given back; over the mark, garbage is collected first.
+        assert steps[0] == "give_back" and set(steps[1::2]) == {"collect"}
+        assert set(steps[2::2]) == {"give_back"} and len(steps) % 2 == 1
 
     asyncio.run(scenario())

@@ -16,7 +16,6 @@ no latency and a sequential client is not held ``timeout`` per request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,9 @@ from collector.component import Consumer, Exporter, Kind, Processor, Refused
 from collector.memory import HELD
 from collector.settings import Duration, setting
 from collector.signals import Batch, Signal, item_count
+
+# A group's send: done with None, or with what failed it (see _settle).
+Outcome = asyncio.Future[BaseException | None]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class BatchProcessor(Processor):
         self._timer: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self._waits = False  # requests wait for their batch's send (a durable exporter)
-        self._sent: asyncio.Future[None] | None = None  # the pending batch's send, when waiting
+        self._sent: Outcome | None = None  # the pending batch's send, when waiting
         self._sender: asyncio.Task[None] | None = None  # sends while something is pending
 
     def joined(self, chain: Sequence[object], exporters: Sequence[Exporter]) -> None:
@@ -79,8 +81,8 @@ class BatchProcessor(Processor):
         raised). One sender at a time: what arrives meanwhile is sent right after, together,
         up to ``send_batch_size``; beyond, a request waits to join the group after."""
         while self._pending is not None and self._pending_items >= self._settings.send_batch_size:
-            with contextlib.suppress(Exception):  # that group's outcome is its requests' own
-                await asyncio.shield(self._sent)  # type: ignore[arg-type]
+            # That group's outcome is its requests' own.
+            await asyncio.shield(self._sent)  # type: ignore[arg-type]
         if self._pending is None:
             self._pending = self.signal.request_type()
             self._sent = asyncio.get_running_loop().create_future()
@@ -93,10 +95,12 @@ class BatchProcessor(Processor):
         HELD.hold(size)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_while_pending())
-        await asyncio.shield(sent)  # a client that goes away leaves the others' send alone
+        failure = await asyncio.shield(sent)  # a client that goes away leaves the others alone
+        if failure is not None:
+            raise _again(failure)
 
     async def _send_while_pending(self) -> None:
-        sent: asyncio.Future[None] | None = None
+        sent: Outcome | None = None
         try:
             while self._pending is not None:
                 sent, self._sent = self._sent, None
@@ -150,15 +154,20 @@ class BatchProcessor(Processor):
             self.drops(refusal.reason).inc(items)
 
 
-def _settle(sent: asyncio.Future[None] | None, error: BaseException | None) -> None:
-    """Tell a group's waiting requests how its send went."""
-    if sent is None or sent.done():
-        return
-    if error is None:
-        sent.set_result(None)
-    else:
-        sent.set_exception(error)
-        sent.exception()  # retrieved: its requests raise it
+def _settle(sent: Outcome | None, error: BaseException | None) -> None:
+    """Tell a group's waiting requests how its send went: what failed is the future's result,
+    without its traceback, not an exception the future raises. Raised from the future, one
+    exception would be shared by every waiting request, and its traceback would hold each of
+    their frames (and batches) in a reference cycle until the garbage collector ran."""
+    if sent is not None and not sent.done():
+        sent.set_result(None if error is None else error.with_traceback(None))
+
+
+def _again(failure: BaseException) -> BaseException:
+    """What one waiting request raises for its group's failure: a refusal of its own."""
+    if isinstance(failure, Refused):
+        return Refused(failure.reason, failure.retry_after_s)
+    return failure  # a bug downstream: rare, and its type and message are what matter
 
 
 KIND = Kind(BatchSettings, BatchProcessor)  # registered as an entry point (pyproject.toml)

@@ -19,6 +19,7 @@ so that the resident size can fall. The spike margin leaves room for requests be
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import dataclass
 
 from collector.component import Consumer, Kind, Processor, Refused
@@ -78,6 +79,7 @@ class MemoryLimiter(Processor):
         while True:
             over = resident_bytes() > self._resident_mark
             if over:
+                gc.collect()  # cyclic garbage first: the sidecar collects it rarely (cli.tune_gc)
                 give_back()
                 over = resident_bytes() > self._resident_mark
             self.over = over

@@ -127,7 +127,8 @@ class OtlpGrpcServer:
 
         async def read(context: grpc.aio.ServicerContext) -> bytes | Failure:
             try:
-                request, after = await asyncio.wait_for(read_one(context), body_timeout(limit))
+                async with asyncio.timeout(body_timeout(limit)):  # no task of its own to cycle
+                    request, after = await read_one(context)
             except TimeoutError:  # a message trickling in holds what its read may cost
                 intake.refused(signal, "timeout")
                 return grpc.StatusCode.UNAVAILABLE, "request message too slow"

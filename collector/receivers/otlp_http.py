@@ -125,7 +125,11 @@ class OtlpHttpServer:
         """The body, inflated, at most ``limit`` bytes; or the answer that refuses it."""
         intake, content_type = self.intake, request.content_type
         try:
-            body = await asyncio.wait_for(request.read(), body_timeout(request.content_length))
+            # Not wait_for: on 3.11 it reads in a task of its own, and a body refused for its
+            # size left that task, its exception and the part read in a reference cycle
+            # (8.7 MiB of garbage per refusal until the garbage collector ran).
+            async with asyncio.timeout(body_timeout(request.content_length)):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             intake.refused(signal, "too_large")
             return _status(413, _RESOURCE_EXHAUSTED, self._too_large(limit), content_type)
