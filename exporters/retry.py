@@ -142,4 +142,7 @@ async def send_with_retry(send: Callable[[], Awaitable[T]], settings: RetrySetti
         except Retryable as error:
             asked, last = 0.0, error
     assert last is not None  # the first try always runs
-    raise last
+    try:
+        raise last
+    finally:  # else this frame and the error, with what was sent, would sit in a cycle
+        del last

@@ -5,8 +5,10 @@ a server's wait, permanent errors, the time budget)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -231,6 +233,32 @@ def test_the_budget_ends_the_retries_with_the_last_error(waits: list[float]) -> 
     with pytest.raises(Retryable, match="try"):
         asyncio.run(send_with_retry(attempts, FAST))
     assert 6 <= attempts.calls <= 21 and sum(waits) <= 10
+
+
+def test_giving_up_leaves_what_was_sent_out_of_cyclic_garbage(waits: list[float]) -> None:
+    """The error raised when the budget ends must not sit in a reference cycle with the retry
+    loop's frame, holding the sender's frames and what they sent until the garbage collector
+    runs (the sidecar runs it rarely): a dead Sentry gives up on envelope after envelope."""
+    envelope = b"an envelope " * 1000
+
+    async def send() -> None:
+        body = envelope  # what a sender's frame holds while it sends
+        raise Retryable(f"down, {len(body)} bytes unsent")
+
+    async def give_up() -> None:  # as the sending queue's worker does
+        with pytest.raises(Retryable):
+            await send_with_retry(send, FAST)
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(give_up())
+        gc.collect()
+        frames = [g for g in gc.garbage if isinstance(g, FrameType)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert [f.f_code.co_name for f in frames if envelope in f.f_locals.values()] == []
 
 
 @pytest.mark.parametrize(
