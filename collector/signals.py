@@ -131,11 +131,12 @@ def validate(batch: Batch) -> int:
                 for span in ss.spans:
                     if len(span.attributes) > MAX_ATTRIBUTES:  # inline: per span, hot
                         _bounded(span.attributes, "span")
-                    if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                    trace_id, span_id = span.trace_id, span.span_id  # each read makes new bytes
+                    if len(trace_id) != 16 or len(span_id) != 8:
                         raise InvalidBatch(
                             "span with invalid ids: trace_id must be 16 bytes, span_id 8 bytes"
                         )
-                    if span.trace_id == _ZERO_TRACE or span.span_id == _ZERO_SPAN:
+                    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
                         raise InvalidBatch("span with an all-zero trace_id or span_id (invalid)")
                     if len(span.parent_span_id) not in (0, 8):
                         raise InvalidBatch("span with invalid parent_span_id: must be 8 bytes")
