@@ -39,6 +39,7 @@ from collector.receivers.otlp_http import OtlpHttpServer
 from collector.settings import Duration, Endpoint
 from collector.signals import Batch, InvalidBatch, Signal
 from collector.telemetry import REGISTRY
+from tests.garbage import cyclic_garbage, frames_in
 from tests.test_receivers import trace_request
 
 
@@ -358,24 +359,6 @@ def wired_pipeline() -> Door:
     return Door(batch, [exporter])
 
 
-def cyclic_garbage_of(work: Callable[[], object], frames_only: bool = True) -> list[Any]:
-    """What ``work`` left in reference cycles: the sidecar's frames (not the test's), or all."""
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        work()
-        gc.collect()
-        garbage = list(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    if not frames_only:
-        return garbage
-    return [
-        g for g in garbage if isinstance(g, FrameType) and "/collector/" in g.f_code.co_filename
-    ]
-
-
 def holding(frames: list[FrameType], payloads: list[bytes]) -> list[str]:
     """The frames whose locals hold one of ``payloads`` or a parsed batch."""
     return [
@@ -418,7 +401,8 @@ def test_a_refused_call_leaves_nothing_it_read_in_cyclic_garbage(
         finally:
             await server.shutdown(0)
 
-    frames = cyclic_garbage_of(lambda: asyncio.run(calls()))
+    # The sidecar's frames (the test's own hold what they sent).
+    frames = frames_in(cyclic_garbage(lambda: asyncio.run(calls())), "/collector/")
     assert codes == [grpc.StatusCode.UNAVAILABLE, *[grpc.StatusCode.INVALID_ARGUMENT] * 2]
     assert holding(frames, payloads) == []
 
@@ -447,7 +431,7 @@ def test_a_body_refused_for_its_size_leaves_nothing_in_cyclic_garbage() -> None:
         finally:
             await receiver.shutdown(0)
 
-    garbage = cyclic_garbage_of(lambda: asyncio.run(post()), frames_only=False)
+    garbage = cyclic_garbage(lambda: asyncio.run(post()))
     held = [
         len(value)
         for item in garbage

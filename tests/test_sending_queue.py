@@ -5,10 +5,8 @@ a server's wait, permanent errors, the time budget)."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 from collections.abc import Awaitable, Callable
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ from exporters.retry import (
     retry_after_s,
     send_with_retry,
 )
+from tests.garbage import cyclic_garbage, frames_in
 
 
 class Destination:
@@ -249,15 +248,7 @@ def test_giving_up_leaves_what_was_sent_out_of_cyclic_garbage(waits: list[float]
         with pytest.raises(Retryable):
             await send_with_retry(send, FAST)
 
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        asyncio.run(give_up())
-        gc.collect()
-        frames = [g for g in gc.garbage if isinstance(g, FrameType)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+    frames = frames_in(cyclic_garbage(lambda: asyncio.run(give_up())))
     assert [f.f_code.co_name for f in frames if envelope in f.f_locals.values()] == []
 
 
