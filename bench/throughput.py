@@ -3,7 +3,7 @@ OpenTelemetry Collector.
 
 Usage: ``.venv/bin/python bench/throughput.py [--seconds N] [--connections C]
 [--pipeline basic|reference|forward|sentry] [--rate R] [--traces T] [--spans-per-second S]
-[--peer [--peer-skip NAME]] [--json]``
+[--peer [--peer-skip NAME]] [--backoff] [--json]``
 
 64 ``ExportTraceServiceRequest``s of 512 realistic spans (8 traces of 64, or ``--traces``) are
 encoded once; a load generator in its own process keeps C Export calls in flight for N
@@ -348,18 +348,20 @@ def stamp_of(trace_id: bytes) -> int:
     return int.from_bytes(trace_id[:4], "big")
 
 
-def _load_main(
-    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, every: float
-) -> None:
-    conn.send(asyncio.run(_drive(conn, target, payloads, seconds, calls, every)))
+def _load_main(conn: Connection, target: str, work: Load) -> None:
+    conn.send(asyncio.run(_drive(conn, target, work)))
 
 
-async def _drive(
-    conn: Connection, target: str, payloads: list[bytes], seconds: float, calls: int, every: float
-) -> LoadResult:
-    """``calls`` workers send for ``seconds``, each as soon as its last call was answered or,
-    with ``every`` (seconds), at the next slot of a steady schedule."""
+async def _drive(conn: Connection, target: str, work: Load) -> LoadResult:
+    """``work.calls`` workers send for ``work.seconds``, each as soon as its last call was
+    answered or, with a pace, at the next slot of a steady schedule; with ``work.backoff``, a
+    worker refused with a RetryInfo waits what it asks first, as the OpenTelemetry SDKs do."""
     import grpc
+
+    from exporters.otlp_grpc import _retry_delay
+
+    payloads, seconds, calls = work.payloads, work.seconds, work.calls
+    every = work.spans_per_request / work.pace if work.pace else 0.0
 
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), STARTUP_TIMEOUT_S)
@@ -388,6 +390,11 @@ async def _drive(
                     ok[index] += 1
                 except grpc.aio.AioRpcError as error:
                     errors[error.code().name] += 1
+                    delay = _retry_delay(error) if work.backoff else None
+                    if delay:
+                        waits.append(time.perf_counter() - asked)
+                        await asyncio.sleep(delay)
+                        continue
                 waits.append(time.perf_counter() - asked)
 
         await asyncio.gather(*(worker(index * 7) for index in range(calls)))
@@ -459,14 +466,13 @@ class Load:
     calls: int  # in flight at most
     pace: float = 0.0  # spans/s on a steady schedule; 0: as fast as answered
     spans_per_request: int = SPANS_PER_REQUEST
+    backoff: bool = False  # a refused worker waits what the refusal's RetryInfo asks
 
 
 def measure(server_pid: int, target: str, work: Load) -> Measurement:
     """Run the load generator against `target`, reading the server's CPU around the window."""
     parent, child = SPAWN.Pipe()
-    every = work.spans_per_request / work.pace if work.pace else 0.0
-    args = (child, target, work.payloads, work.seconds, work.calls, every)
-    load = SPAWN.Process(target=_load_main, args=args, name="bench-load")
+    load = SPAWN.Process(target=_load_main, args=(child, target, work), name="bench-load")
     load.start()
     child.close()
     try:
@@ -1034,6 +1040,11 @@ def main() -> int:
         default=0.0,
         help="send on a steady schedule at this rate instead of as fast as answered",
     )
+    parser.add_argument(
+        "--backoff",
+        action="store_true",
+        help="a refused worker waits the delay the refusal's RetryInfo asks, as the SDKs do",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.peer and (args.pipeline != "forward" or not PEER.exists()):
@@ -1042,7 +1053,8 @@ def main() -> int:
         parser.error("--traces must divide --spans")
     payloads = [build_request(seed, args.traces, args.spans).SerializeToString()
                 for seed in range(PAYLOADS)]  # fmt: skip
-    work = Load(payloads, args.seconds, args.connections, args.spans_per_second, args.spans)
+    work = Load(payloads, args.seconds, args.connections, args.spans_per_second, args.spans,
+                args.backoff)  # fmt: skip
     processors, exporters = PIPELINES[args.pipeline]
     config = CONFIG.format(processors=processors, exporters=exporters, rate=args.rate)
     with tempfile.TemporaryDirectory(prefix="otel-bench-") as tmp, Sink() as sink:

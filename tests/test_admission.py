@@ -440,3 +440,48 @@ def test_a_body_refused_for_its_size_leaves_nothing_in_cyclic_garbage() -> None:
     ]
     assert codes == [413]
     assert held == []
+
+
+def test_a_refused_call_tells_grpc_clients_when_to_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gRPC's Retry-After: a refusal carries the refusal's delay as a ``RetryInfo``, in the
+    status details (the Collector's and our otlp_grpc exporter's reading) and on its own (the
+    OpenTelemetry Python SDK's). The SDK's exporter is the client; without RetryInfo it would
+    back off 0.8-1.2 s of its own."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from exporters.otlp_grpc import _retry_delay
+
+    span = TracerProvider().get_tracer("test").start_span("GET /x")
+    span.end()
+    backoffs: list[float] = []
+
+    def sdk_export(address: str) -> None:
+        exporter = OTLPSpanExporter(endpoint=address, insecure=True, timeout=30)
+        # Where the SDK sleeps before retrying: the delay it chose, and no retry.
+        monkeypatch.setattr(
+            exporter._shutdown_in_progress, "wait", lambda s: backoffs.append(s) or True
+        )
+        exporter.export([span])
+        exporter.shutdown()
+
+    async def calls() -> grpc.aio.AioRpcError:
+        intake = Intake("test_retry_info", {Signal.TRACES: Taker(Refused("queue_full", 2.5))})
+        server = OtlpGrpcServer(GrpcSettings(endpoint=Endpoint("127.0.0.1:0")), intake)
+        await server.start()
+        try:
+            await asyncio.to_thread(sdk_export, server.address)
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await channel.unary_unary(f"/{Signal.TRACES.grpc_service}/Export")(b"")
+            return raised.value
+        finally:
+            await server.shutdown(0)
+
+    refused = asyncio.run(calls())
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert "queue_full" in (refused.details() or "")
+    assert _retry_delay(refused) == 2.5
+    assert backoffs == [2.5]

@@ -5,14 +5,23 @@ INVALID_ARGUMENT (grpc's own deserializer failure would be INTERNAL). Oversized 
 refused by grpc itself with RESOURCE_EXHAUSTED before they are read. The handler runs before
 the message is read, so a call the sidecar cannot take now is refused UNAVAILABLE without
 reading it, and no more messages are read at once than memory admission allows.
+
+A refusal asks the client when to try again, as HTTP's ``Retry-After`` does: a ``RetryInfo``
+in the status details (``grpc-status-details-bin``, read by the Collector and the Go and Java
+SDKs) and on its own (``google.rpc.retryinfo-bin``, read by the Python SDK). Without it an
+SDK retries after 1, 2, 4... s of its own; a client that has no backoff at all would come
+straight back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health
 
@@ -24,12 +33,39 @@ from collector.receivers.intake import GrpcSettings, Intake
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
 
-# What a refused call is answered: a status and its details.
-Failure = tuple[grpc.StatusCode, str]
+
+class Failure(NamedTuple):
+    """What a call is answered instead of success: a status, its details and, for a refusal
+    the client should retry, after how long."""
+
+    code: grpc.StatusCode
+    details: str
+    retry_after_s: float | None = None
+
+    def trailers(self) -> tuple[tuple[str, bytes], ...]:
+        return () if self.retry_after_s is None else _retry_trailers(*self)
+
+
+@functools.lru_cache(maxsize=64)  # a flood of refusals has a handful of distinct answers
+def _retry_trailers(
+    code: grpc.StatusCode, details: str, retry_after_s: float
+) -> tuple[tuple[str, bytes], ...]:
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromNanoseconds(round(retry_after_s * 1e9))
+    status = status_pb2.Status(code=code.value[0], message=details)
+    status.details.add().Pack(info)
+    return (
+        ("grpc-status-details-bin", status.SerializeToString()),
+        ("google.rpc.retryinfo-bin", info.SerializeToString()),
+    )
 
 
 def _overloaded(refusal: Refused) -> Failure:
-    return grpc.StatusCode.UNAVAILABLE, f"sidecar overloaded ({refusal.reason}), retry"
+    return Failure(
+        grpc.StatusCode.UNAVAILABLE,
+        f"sidecar overloaded ({refusal.reason}), retry",
+        refusal.retry_after_s,
+    )
 
 
 class OtlpGrpcServer:
@@ -104,7 +140,7 @@ class OtlpGrpcServer:
                 # abort's exception in a reference cycle, and every frame of its traceback
                 # (the request's bytes, the parsed batch) with it, until the garbage
                 # collector runs; a flood of refused calls would hold their batches until then.
-                await context.abort(*failure)
+                await context.abort(failure.code, failure.details, failure.trailers())
             return success
 
         async def take(context: grpc.aio.ServicerContext) -> Failure | None:
@@ -121,7 +157,7 @@ class OtlpGrpcServer:
                     async with OVERLOAD.handling():
                         return await parse_and_accept(request)
             except TooCostly as error:
-                return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+                return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except Refused as refusal:
                 return _overloaded(refusal)
 
@@ -131,15 +167,17 @@ class OtlpGrpcServer:
                     request, after = await read_one(context)
             except TimeoutError:  # a message trickling in holds what its read may cost
                 intake.refused(signal, "timeout")
-                return grpc.StatusCode.UNAVAILABLE, "request message too slow"
+                return Failure(grpc.StatusCode.UNAVAILABLE, "request message too slow")
             if request is grpc.aio.EOF:
                 if context.done():  # cancelled, or too large: grpc has answered already
                     raise asyncio.CancelledError
                 intake.refused(signal, "invalid")
-                return grpc.StatusCode.INVALID_ARGUMENT, "no request message"
+                return Failure(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
             if after is not grpc.aio.EOF:  # Export is unary: a second message is not ours to drop
                 intake.refused(signal, "invalid")
-                return grpc.StatusCode.INVALID_ARGUMENT, "Export takes one request message per call"
+                return Failure(
+                    grpc.StatusCode.INVALID_ARGUMENT, "Export takes one request message per call"
+                )
             assert isinstance(request, bytes)  # no deserializer: grpc hands over the bytes
             return request
 
@@ -155,21 +193,20 @@ class OtlpGrpcServer:
                 batch = parse(request)
             except DecodeError:
                 intake.refused(signal, "invalid")
-                return (
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "request is not a valid OTLP protobuf message",
+                return Failure(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid OTLP protobuf message"
                 )
             try:
                 await intake.accept(signal, batch)
             except InvalidBatch as error:
-                return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+                return Failure(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except TooCostly as error:
-                return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+                return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except Refused as refusal:
                 return _overloaded(refusal)
             except Exception:
                 log.exception("receiver_error", receiver=intake.transport, signal=signal.value)
-                return grpc.StatusCode.INTERNAL, "internal error"
+                return Failure(grpc.StatusCode.INTERNAL, "internal error")
             return None
 
         # A unary call on the wire, taken as client-streaming so that the handler runs before
