@@ -99,6 +99,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     return parse_yaml(text, environ)
 
 
@@ -109,12 +111,13 @@ def default(environ: Mapping[str, str] | None = None) -> Config:
 
 def parse_yaml(text: str, environ: Mapping[str, str] | None = None) -> Config:
     try:
-        raw = yaml.safe_load(text)
+        return parse(yaml.safe_load(text), environ)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"<yaml>: not valid YAML{where}") from None
-    return parse(raw, environ)
+    except RecursionError:  # thousands of levels, or an alias inside itself (&a [*a])
+        raise ConfigError("<yaml>: nested too deeply") from None
 
 
 def parse(raw: Any, environ: Mapping[str, str] | None = None) -> Config:

@@ -66,11 +66,14 @@ def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_a_bad_one(tmp_path: 
         assert post(sidecar, "/v1/traces", trace_request(spans=3).SerializeToString())[0] == 200
         sidecar.config_path.write_text("receivers: [not, a, mapping")
         _hangup(sidecar, "config_reload_failed")
+        sidecar.config_path.write_bytes(b"# caf\xe9\n")  # not UTF-8: a crash once
+        _hangup(sidecar, "config_reload_failed")
         assert post(sidecar, "/v1/traces", trace_request(spans=1).SerializeToString())[0] == 200
         assert sidecar.stop() == 0
     assert len(spans_in(_read(second_out))) == 4  # the new config's output, still running
-    (failed,) = sidecar.named("config_reload_failed")
-    assert "not valid YAML" in failed["error"]
+    bad_yaml, not_text = sidecar.named("config_reload_failed")
+    assert "not valid YAML" in bad_yaml["error"]
+    assert "not UTF-8 text" in not_text["error"]
 
 
 def test_after_a_reload_that_cannot_start_sigterm_still_drains(tmp_path: Path) -> None:
