@@ -4,7 +4,11 @@ what the sidecar's Sentry mapping reads, on the current span and the request's s
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from otel_sidecar.instrumentation import capture_exception, set_context, set_tag, set_user
 from otel_sidecar.instrumentation.exceptions import CHAIN
@@ -55,12 +59,22 @@ def test_outside_any_span_enrichment_does_nothing(captured: Captured) -> None:
     assert captured.spans.get_finished_spans() == ()
 
 
-def test_capture_exception_records_a_handled_exception_with_frames(captured: Captured) -> None:
+@pytest.mark.parametrize(
+    "capture",
+    [lambda: capture_exception(), lambda: capture_exception(sys.exc_info()[1]),
+     lambda: capture_exception(sys.exc_info())],
+    ids=["being-handled", "exception", "exc-info"],
+)  # fmt: skip
+def test_capture_exception_records_a_handled_exception_with_frames(
+    captured: Captured, capture: Callable[[], str | None]
+) -> None:
+    """The exception being handled, the exception given, or ``sys.exc_info()``'s triple: each
+    of sentry_sdk's ways to call it."""
     with captured.tracer.start_as_current_span("request"):
         try:
             int("forty-two")
         except ValueError:
-            assert capture_exception() is None  # the event id is Sentry's to give
+            assert capture() is None  # the event id is Sentry's to give
     (event,) = captured.spans.get_finished_spans()[0].events
     attributes = dict(event.attributes or {})
     assert attributes["exception.escaped"] == "False"
@@ -75,4 +89,12 @@ def test_capture_exception_outside_a_span_sends_an_error_log(captured: Captured)
     assert record.severity_text == "ERROR" and record.body == "LookupError: no lesson 9"
     assert dict(record.attributes or {})["exception.type"] == "LookupError"
     assert capture_exception() is None  # nothing being handled: nothing sent
-    assert len(captured.records()) == 1
+    assert capture_exception(sys.exc_info()) is None
+    try:
+        raise KeyError("lesson")
+    except KeyError:
+        capture_exception(sys.exc_info())
+    assert [r.body for r in captured.records()] == [
+        "LookupError: no lesson 9",
+        "KeyError: 'lesson'",
+    ]

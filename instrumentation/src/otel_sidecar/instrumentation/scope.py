@@ -15,7 +15,8 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from types import TracebackType
+from typing import Any, Optional
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -24,6 +25,10 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from otel_sidecar.instrumentation import logs
 
 _USER_KEYS = ("email", "username", "ip_address", "name")
+
+# sys.exc_info()'s triple, which sentry_sdk.capture_exception takes too (3.9: no ``X | None``
+# in a module-level alias).
+ExcInfo = tuple[Optional[type[BaseException]], Optional[BaseException], Optional[TracebackType]]
 
 
 class LocalRoots(SpanProcessor):
@@ -97,14 +102,16 @@ def set_context(key: str, value: Mapping[str, Any]) -> None:
 
 
 def capture_exception(
-    error: BaseException | None = None, scope: Any = None, **scope_kwargs: Any
+    error: BaseException | ExcInfo | None = None, scope: Any = None, **scope_kwargs: Any
 ) -> str | None:
     """``sentry_sdk.capture_exception``: report a caught exception (the one being handled when
-    none is given) as handled, with its frames. Returns None: the event id is Sentry's to give.
-    ``scope`` and its keywords are accepted for sentry_sdk's signature; the request's span is
-    the scope here."""
+    none is given; an exception, or ``sys.exc_info()``'s triple) as handled, with its frames.
+    Returns None: the event id is Sentry's to give. ``scope`` and its keywords are accepted
+    for sentry_sdk's signature; the request's span is the scope here."""
     if error is None:
-        error = sys.exc_info()[1]
+        error = sys.exc_info()
+    if isinstance(error, tuple):
+        error = error[1]
     if error is None:
         return None
     span = trace.get_current_span()
