@@ -17,7 +17,7 @@ import structlog
 
 from otel_sidecar.instrumentation import logs
 from otel_sidecar.instrumentation.exceptions import CHAIN
-from otel_sidecar.instrumentation.values import MAX_BODY_BYTES
+from otel_sidecar.instrumentation.values import MAX_BODY_BYTES, MAX_VALUE_BYTES
 from tests.instrumentation.conftest import Captured
 
 
@@ -164,6 +164,26 @@ class TestStdlib:
         assert second.endswith("[truncated: 10000 characters in all]")
         for body in (first, second):
             assert len(body.encode("utf-8")) <= MAX_BODY_BYTES
+
+    def test_huge_attribute_values_are_cut_and_say_so(self, captured: Captured) -> None:
+        """A megabyte payload logged as a key, five times, took the batch past the 4 MiB the
+        sidecar takes, and every record in it was lost."""
+
+        class Huge:
+            def __str__(self) -> str:
+                return "h" * 1_000_000
+
+        logger = logging.getLogger("shop.payloads")
+        logger.setLevel(logging.INFO)
+        logger.info("sent", extra={"payload": "y" * 1_000_000, "raw": b"z" * 1_000_000,
+                                   "object": Huge(), "small": "kept"})  # fmt: skip
+        values = attributes(captured.records()[0])
+        assert values["payload"].endswith("[truncated: 1000000 characters in all]")
+        assert values["object"].endswith("[truncated: 1000000 characters in all]")
+        assert values["raw"] == b"z" * MAX_VALUE_BYTES
+        for text in (values["payload"], values["object"]):
+            assert len(text.encode("utf-8")) <= MAX_VALUE_BYTES
+        assert values["small"] == "kept"
 
     def test_a_logged_exception_is_not_kept_alive(self, captured: Captured) -> None:
         """Its frames' locals are freed once the app's frames are done with it, though it is

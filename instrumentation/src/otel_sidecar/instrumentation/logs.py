@@ -25,7 +25,8 @@ All of them carry the active trace and span ids, the thread, the process id, and
 exception the ``exception.*`` attributes with the frames
 (:mod:`otel_sidecar.instrumentation.exceptions`). Every string is valid UTF-8 (lone surrogates,
 from ``surrogateescape``d bytes, become U+FFFD: protobuf refuses them, failing the whole export
-batch), and a body is cut at :data:`~otel_sidecar.instrumentation.values.MAX_BODY_BYTES`.
+batch), a body is cut at :data:`~otel_sidecar.instrumentation.values.MAX_BODY_BYTES` and a text
+attribute at :data:`~otel_sidecar.instrumentation.values.MAX_VALUE_BYTES`.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from otel_sidecar.instrumentation.exceptions import (
     exception_key,
 )
 from otel_sidecar.instrumentation.patches import patch, unpatch
-from otel_sidecar.instrumentation.values import attribute, body_text, utf8, valid_utf8
+from otel_sidecar.instrumentation.values import attribute, bounded_text, utf8, valid_utf8
 
 _OWN_LOGGERS = ("opentelemetry", "otel_sidecar")
 # What a stdlib LogRecord always has (and what formatters and the logging instrumentation add):
@@ -173,7 +174,7 @@ def emit(
             context=get_current(),
             severity_number=_severity(levelno),
             severity_text=level_name,
-            body=body_text(body),
+            body=bounded_text(body),
             # The last step, so that no string of any origin (keys, paths, exception messages,
             # nested values) escapes it.
             attributes={utf8(key): valid_utf8(value) for key, value in attributes.items()},
