@@ -5,6 +5,7 @@ server packages; then a FastAPI + structlog app on that Python, under
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,24 @@ def installed(venv: Path) -> set[str]:
     return {package["name"].lower() for package in json.loads(listing.stdout)}
 
 
+@contextlib.contextmanager
+def serving(venv: Path, tmp_path: Path, sidecar: Sidecar, *args: str) -> Iterator[str]:
+    """APP under ``opentelemetry-instrument uvicorn`` on the venv's Python, sending to
+    ``sidecar``: its base URL, until uvicorn is stopped (gracefully) at the end."""
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "fastapi", "uvicorn", "structlog"], check=True, timeout=600)  # fmt: skip
+    (tmp_path / "averages.py").write_text(APP)
+    port = free_port()
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sidecar.endpoints['otlp_grpc']}"}
+    argv = [str(venv / "bin" / "opentelemetry-instrument"), str(venv / "bin" / "uvicorn"),
+            "averages:app", "--port", str(port), *args]  # fmt: skip
+    with Process(argv, env, tmp_path) as app:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_up(base_url, app, path="/docs")
+        yield base_url
+
+
 def test_installs_without_the_sidecars_server_packages(venv: Path) -> None:
     packages = installed(venv)
     assert "otel-sidecar-instrumentation" in packages
@@ -84,23 +104,12 @@ def test_installs_without_the_sidecars_server_packages(venv: Path) -> None:
 
 
 def test_an_app_on_that_python_reaches_the_sidecar(venv: Path, tmp_path: Path) -> None:
-    python = str(venv / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "fastapi", "uvicorn", "structlog"], check=True, timeout=600)  # fmt: skip
-    (tmp_path / "averages.py").write_text(APP)
     with Sidecar(tmp_path, BASIC_CONFIG) as sidecar:
-        port = free_port()
-        env = {
-            **os.environ,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{sidecar.endpoints['otlp_grpc']}",
-        }
-        argv = [str(venv / "bin" / "opentelemetry-instrument"), str(venv / "bin" / "uvicorn"),
-                "averages:app", "--port", str(port)]  # fmt: skip
-        with Process(argv, env, tmp_path) as app:
-            base_url = f"http://127.0.0.1:{port}"
-            wait_until_up(base_url, app, path="/docs")
-            with pytest.raises(urllib.error.HTTPError, match="500"):
-                urllib.request.urlopen(f"{base_url}/average", timeout=10)
+        with (
+            serving(venv, tmp_path, sidecar) as base_url,
+            pytest.raises(urllib.error.HTTPError, match="500"),
+        ):
+            urllib.request.urlopen(f"{base_url}/average", timeout=10)
         assert sidecar.stop() == 0
     ((resource, span),) = [
         (r, s) for r, s in spans_in(sidecar.lines()) if s["name"] == "GET /average"
@@ -114,3 +123,18 @@ def test_an_app_on_that_python_reaches_the_sidecar(venv: Path, tmp_path: Path) -
     assert [f["function"] for f in chain[0]["frames"] if f["in_app"]] == ["endpoint", "average"]
     bodies = [record["body"]["stringValue"] for _, record in logs_in(sidecar.lines())]
     assert bodies.count("averaging") == 1
+
+
+def test_worker_processes_on_that_python_send_too(venv: Path, tmp_path: Path) -> None:
+    """uvicorn's ``--workers`` are spawned: each sets up only if the auto-instrumentation's
+    directory is still on PYTHONPATH, which opentelemetry-instrumentation 0.62 (the last for
+    Python 3.9) took off for good. Each request's span arrives once."""
+    requests = 6
+    with Sidecar(tmp_path, BASIC_CONFIG) as sidecar:
+        with serving(venv, tmp_path, sidecar, "--workers", "2") as base_url:
+            for _ in range(requests):
+                with pytest.raises(urllib.error.HTTPError, match="500"):
+                    urllib.request.urlopen(f"{base_url}/average", timeout=10)
+        assert sidecar.stop() == 0
+    spans = [s for _, s in spans_in(sidecar.lines()) if s["name"] == "GET /average"]
+    assert len(spans) == requests

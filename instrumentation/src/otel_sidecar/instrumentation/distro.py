@@ -9,6 +9,8 @@ nothing) is in place when they read the environment.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 from opentelemetry.instrumentation.distro import BaseDistro
@@ -61,3 +63,20 @@ def _without_connect_spans() -> None:
         unwrap(Engine, "connect")
     except Exception as error:  # a newer instrumentation may wrap it differently: keep going
         _log.debug("could not remove SQLAlchemy connect spans: %s", error)
+
+
+def keep_child_processes_instrumented() -> None:
+    """Once set up (an ``opentelemetry_post_instrument`` hook): the auto-instrumentation's
+    directory back on ``PYTHONPATH``, so that the processes the app starts (uvicorn's
+    ``--workers`` and ``--reload`` servers, which are spawned, not forked) set up too.
+    opentelemetry-instrumentation takes it off while it sets up, lest a process started then
+    set up again; before 0.63 (the last that runs on Python 3.9) it never put it back, and a
+    worker's telemetry never arrived. Only where it was on ``PYTHONPATH`` when the process
+    started, which put it on ``sys.path``."""
+    from opentelemetry.instrumentation import auto_instrumentation
+
+    directory = os.path.dirname(os.path.abspath(auto_instrumentation.__file__))
+    current = os.environ.get("PYTHONPATH", "")
+    started_with_it = directory in (os.path.abspath(entry) for entry in sys.path if entry)
+    if started_with_it and directory not in current.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [directory, current]))
