@@ -109,10 +109,15 @@ def _health(args: argparse.Namespace) -> int:
         print(f"{_without_credentials(args.url)}: not answering ({reason})", file=sys.stderr)
         return 1
     try:
-        print(json.dumps(json.loads(body), indent=2, ensure_ascii=False))
+        report = json.loads(body)
     except ValueError:
-        print(body.decode(errors="replace"))
-    return 0 if status == 200 else 1
+        report = None
+    if not (isinstance(report, dict) and "components" in report):  # an app's /health, a page
+        print(f"{_without_credentials(args.url)}: HTTP {status}, not the health JSON "
+              "(the sidecar's is at /health)", file=sys.stderr)  # fmt: skip
+        return 1
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0 if status == 200 and report.get("status") == "healthy" else 1
 
 
 def _without_credentials(url: str) -> str:

@@ -119,13 +119,7 @@ def test_health_report_probes_and_metrics(tmp_path: Path, database: int, imposto
         live, _ = get(f"{base}/health/live")
         ready, _ = get(f"{base}/health/ready")
         metrics = get(f"{base}/metrics")[1].decode()
-        cli = subprocess.run(
-            [sys.executable, "-m", "collector", "health", "--url", f"{base}/health"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        cli = health_cli(f"{base}/health")
         assert sidecar.stop() == 0
 
     # The health JSON; a dead dependency makes it unhealthy with HTTP 503.
@@ -160,41 +154,25 @@ def test_health_report_probes_and_metrics(tmp_path: Path, database: int, imposto
 def test_healthy_when_everything_is(tmp_path: Path, database: int) -> None:
     with Sidecar(tmp_path, config(database, database, "", database)) as sidecar:
         report = wait_checked(sidecar)
-        cli = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "collector",
-                "health",
-                "--url",
-                f"http://{sidecar.endpoints['health']}/health",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        base = f"http://{sidecar.endpoints['health']}"
+        cli = health_cli(f"{base}/health")
+        # 200s that are not the health JSON: the status page, and the liveness probe.
+        elsewhere = [health_cli(f"{base}{path}") for path in ("/", "/health/live")]
         assert sidecar.stop() == 0
     assert report["status"] == "healthy"
     assert report["components"]["sentry"]["status"] == "disabled"
     assert cli.returncode == 0
+    for answer in elsewhere:
+        assert answer.returncode == 1 and "not the health JSON" in answer.stderr
+
+
+def health_cli(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector", "health", "--url", url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
 
 
 def test_health_cli_when_nothing_answers() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "health",
-            "--url",
-            f"http://127.0.0.1:{free_port()}/health",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = health_cli(f"http://127.0.0.1:{free_port()}/health")
     assert result.returncode == 1
     assert "not answering" in result.stderr
 
@@ -211,14 +189,7 @@ def test_tcp_check_needs_an_address() -> None:
 
 
 def test_health_cli_never_prints_url_credentials() -> None:
-    url = f"http://admin:s3cret-pw@127.0.0.1:{free_port()}/health"
-    result = subprocess.run(
-        [sys.executable, "-m", "collector", "health", "--url", url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = health_cli(f"http://admin:s3cret-pw@127.0.0.1:{free_port()}/health")
     assert result.returncode == 1
     assert "s3cret-pw" not in result.stderr + result.stdout
 
