@@ -53,7 +53,8 @@ def test_port_in_use_fails_the_start(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError):
             second.start()
         assert second.process is not None and second.process.wait(15) == 1
-        assert any("cannot listen on" in e.get("error", "") for e in second.named("start_failed"))
+        (failed,) = second.named("start_failed")
+        assert failed["error"] == f"otlp_grpc: cannot listen on {taken}: Address already in use"
 
 
 def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_a_bad_one(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import socket
 from typing import NamedTuple
 
 import grpc
@@ -30,6 +32,7 @@ from collector.http import body_timeout
 from collector.memory import ADMISSION, MIB, TooCostly
 from collector.overload import OVERLOAD
 from collector.receivers.intake import GrpcSettings, Intake
+from collector.settings import Endpoint
 from collector.signals import InvalidBatch, Signal
 from collector.telemetry import log
 
@@ -58,6 +61,17 @@ def _retry_trailers(
         ("grpc-status-details-bin", status.SerializeToString()),
         ("google.rpc.retryinfo-bin", info.SerializeToString()),
     )
+
+
+def _why_not_listening(endpoint: Endpoint) -> str:
+    """gRPC says only that it could not bind: the operating system's reason, found by trying."""
+    host = endpoint.host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, endpoint.port), family=family):
+            return "gRPC could not bind it"
+    except OSError as error:
+        return os.strerror(error.errno) if error.errno else type(error).__name__
 
 
 def _overloaded(refusal: Refused) -> Failure:
@@ -116,7 +130,9 @@ class OtlpGrpcServer:
         except RuntimeError:
             port = 0
         if port == 0 and endpoint.port != 0:
-            raise OSError(f"{self.intake.transport}: cannot listen on {endpoint}")
+            await server.stop(None)  # not left for its finalizer, after the loop is closed
+            raise OSError(f"{self.intake.transport}: cannot listen on {endpoint}: "
+                          f"{_why_not_listening(endpoint)}")  # fmt: skip
         self.address = f"{endpoint.host}:{port}"
         await server.start()
         self._server = server
