@@ -165,7 +165,10 @@ def emit(
         attributes["thread.id"] = threading.get_ident()
         attributes["thread.name"] = threading.current_thread().name
         attributes["process.pid"] = os.getpid()
-        if exception is not None and not already_recorded(exception):
+        # Once an exception has gone out (on a span or a record), later records of it are
+        # lines, not errors again: sentry-sdk's dedupe makes one event of a structlog and a
+        # stdlib ``exception`` call on the same error.
+        if exception is not None and not _sent_already(exception):
             attributes.update(exception_attributes(exception, _capture.detail))
             _last_sent = exception_key(exception)
         _logger(scope).emit(
@@ -183,6 +186,11 @@ def emit(
         pass
     finally:
         _emitting.reset(token)
+
+
+def _sent_already(exception: BaseException) -> bool:
+    """Recorded on a span, or the last exception sent with a record."""
+    return exception_key(exception) == _last_sent or already_recorded(exception)
 
 
 @functools.lru_cache(maxsize=256)
@@ -391,7 +399,7 @@ def capture_unhandled(exception: BaseException | None, scope: str, body: str) ->
     # SystemExit and Ctrl-C end a program on purpose (threading's own hook ignores the first).
     if exception is None or isinstance(exception, (SystemExit, KeyboardInterrupt)):
         return
-    if exception_key(exception) == _last_sent or already_recorded(exception):
+    if _sent_already(exception):
         return  # sent already, logged or on its span: once per exception
     if _capture.threshold(scope) > logging.ERROR:
         return
