@@ -118,23 +118,6 @@ class TestStdlib:
         assert record.body == "Exception in ASGI application"
         assert "exception.type" not in attributes(record)
 
-    def test_an_exception_logged_twice_is_one_error(self, captured: Captured) -> None:
-        """A structlog and a stdlib ``exception`` call in the same handler: sentry-sdk's dedupe
-        makes one event of them, so the second record goes as a line. Another exception is
-        an error again."""
-        logger = logging.getLogger("shop.orders")
-        logger.setLevel(logging.INFO)
-        for attempt in range(2):
-            try:
-                raise LookupError(f"order {attempt}")
-            except LookupError:
-                logger.exception("lookup failed")
-                logger.exception("lookup failed, again")
-        records = captured.records()
-        assert [r.body for r in records] == ["lookup failed", "lookup failed, again"] * 2
-        sent = [attributes(r).get("exception.message") for r in records]
-        assert sent == ["order 0", None, "order 1", None]
-
     def test_odd_values_become_what_otlp_carries(self, captured: Captured) -> None:
         class Money:
             def __str__(self) -> str:

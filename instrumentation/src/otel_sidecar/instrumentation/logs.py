@@ -165,10 +165,7 @@ def emit(
         attributes["thread.id"] = threading.get_ident()
         attributes["thread.name"] = threading.current_thread().name
         attributes["process.pid"] = os.getpid()
-        # Once an exception has gone out (on a span or a record), later records of it are
-        # lines, not errors again: sentry-sdk's dedupe makes one event of a structlog and a
-        # stdlib ``exception`` call on the same error.
-        if exception is not None and not _sent_already(exception):
+        if exception is not None and not already_recorded(exception):
             attributes.update(exception_attributes(exception, _capture.detail))
             _last_sent = exception_key(exception)
         _logger(scope).emit(
@@ -186,11 +183,6 @@ def emit(
         pass
     finally:
         _emitting.reset(token)
-
-
-def _sent_already(exception: BaseException) -> bool:
-    """Recorded on a span, or the last exception sent with a record."""
-    return exception_key(exception) == _last_sent or already_recorded(exception)
 
 
 @functools.lru_cache(maxsize=256)
@@ -399,7 +391,7 @@ def capture_unhandled(exception: BaseException | None, scope: str, body: str) ->
     # SystemExit and Ctrl-C end a program on purpose (threading's own hook ignores the first).
     if exception is None or isinstance(exception, (SystemExit, KeyboardInterrupt)):
         return
-    if _sent_already(exception):
+    if exception_key(exception) == _last_sent or already_recorded(exception):
         return  # sent already, logged or on its span: once per exception
     if _capture.threshold(scope) > logging.ERROR:
         return
