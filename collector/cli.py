@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from collector import __version__, components
 from collector import config as config_module
+from collector.health import HEALTHY, UNHEALTHY
 from collector.overload import OVERLOAD
 from collector.pipeline import Service
 from collector.settings import ConfigError
@@ -112,7 +113,7 @@ def _health(args: argparse.Namespace) -> int:
         report = json.loads(body)
     except ValueError:
         report = None
-    if not (isinstance(report, dict) and "components" in report):  # an app's /health, a page
+    if not (isinstance(report, dict) and report.get("status") in (HEALTHY, UNHEALTHY)):
         print(f"{_without_credentials(args.url)}: HTTP {status}, not the health JSON "
               "(the sidecar's is at /health)", file=sys.stderr)  # fmt: skip
         return 1

@@ -442,13 +442,15 @@ def test_a_body_refused_for_its_size_leaves_nothing_in_cyclic_garbage() -> None:
     assert held == []
 
 
+@pytest.mark.parametrize(("retry_after_s", "asked_s"), [(2.5, 2.5), (0.0, 1.0)])
 def test_a_refused_call_tells_grpc_clients_when_to_come_back(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, retry_after_s: float, asked_s: float
 ) -> None:
     """gRPC's Retry-After: a refusal carries the refusal's delay as a ``RetryInfo``, in the
     status details (the Collector's and our otlp_grpc exporter's reading) and on its own (the
     OpenTelemetry Python SDK's). The SDK's exporter is the client; without RetryInfo it would
-    back off 0.8-1.2 s of its own."""
+    back off 0.8-1.2 s of its own, and it takes the delay asked instead: at least a second,
+    as HTTP's Retry-After, or a 0 (``retry_after: 0s``) would have it send again at once."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -468,7 +470,8 @@ def test_a_refused_call_tells_grpc_clients_when_to_come_back(
         exporter.shutdown()
 
     async def calls() -> grpc.aio.AioRpcError:
-        intake = Intake("test_retry_info", {Signal.TRACES: Taker(Refused("queue_full", 2.5))})
+        refusal = Refused("queue_full", retry_after_s)
+        intake = Intake("test_retry_info", {Signal.TRACES: Taker(refusal)})
         server = OtlpGrpcServer(GrpcSettings(endpoint=Endpoint("127.0.0.1:0")), intake)
         await server.start()
         try:
@@ -483,5 +486,5 @@ def test_a_refused_call_tells_grpc_clients_when_to_come_back(
     refused = asyncio.run(calls())
     assert refused.code() == grpc.StatusCode.UNAVAILABLE
     assert "queue_full" in (refused.details() or "")
-    assert _retry_delay(refused) == 2.5
-    assert backoffs == [2.5]
+    assert _retry_delay(refused) == asked_s
+    assert backoffs == [asked_s]

@@ -3,6 +3,7 @@ and the optional dependency checks."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import subprocess
@@ -164,6 +165,27 @@ def test_healthy_when_everything_is(tmp_path: Path, database: int) -> None:
     assert cli.returncode == 0
     for answer in elsewhere:
         assert answer.returncode == 1 and "not the health JSON" in answer.stderr
+
+
+def test_health_cli_shows_why_when_the_pipelines_do_not_answer() -> None:
+    """The health JSON the sidecar answers when its pipelines' loop does not (503, without
+    components): printed, exit 1."""
+    stalled = {"status": "unhealthy", "message": "the pipelines' event loop is not answering"}
+
+    class Stalled(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(stalled).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalled) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        answer = health_cli(f"http://127.0.0.1:{server.server_address[1]}/health")
+        server.shutdown()
+    assert answer.returncode == 1 and json.loads(answer.stdout) == stalled
 
 
 def health_cli(url: str) -> subprocess.CompletedProcess[str]:

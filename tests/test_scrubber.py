@@ -351,7 +351,7 @@ def leaked(batch: Batch, secrets: list[Secret]) -> list[str]:
     found = []
     for secret in secrets:
         for needle in secret.needles:
-            in_json = json.dumps(needle)[1:-1]
+            in_json = json.dumps(needle, ensure_ascii=False)[1:-1]  # OTLP/JSON is UTF-8
             if needle.encode() in binary or in_json in encoded:
                 found.append(needle)
     return found

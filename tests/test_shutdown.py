@@ -57,6 +57,14 @@ def test_port_in_use_fails_the_start(tmp_path: Path) -> None:
         assert failed["error"] == f"otlp_grpc: cannot listen on {taken}: Address already in use"
 
 
+def test_a_host_that_does_not_resolve_is_said_so() -> None:
+    from collector.receivers.otlp_grpc import _why_not_listening
+    from collector.settings import Endpoint
+
+    why = _why_not_listening(Endpoint("no-such-host.invalid:4999"))
+    assert why and not why.startswith("Unknown error"), why
+
+
 def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_a_bad_one(tmp_path: Path) -> None:
     first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     with Sidecar(tmp_path, HOLDING_CONFIG.replace("${OUT}", str(first_out))) as sidecar:

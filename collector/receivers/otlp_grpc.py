@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import socket
 from typing import NamedTuple
 
@@ -64,21 +63,26 @@ def _retry_trailers(
 
 
 def _why_not_listening(endpoint: Endpoint) -> str:
-    """gRPC says only that it could not bind: the operating system's reason, found by trying."""
-    host = endpoint.host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """gRPC says only that it could not bind: the operating system's reason, found by trying
+    (the host's lookup, then the bind)."""
     try:
-        with socket.create_server((host, endpoint.port), family=family):
-            return "gRPC could not bind it"
+        family, kind, _, _, address = socket.getaddrinfo(
+            endpoint.host.strip("[]"), endpoint.port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(address)
+        return "gRPC could not bind it"
     except OSError as error:
-        return os.strerror(error.errno) if error.errno else type(error).__name__
+        return error.strerror or type(error).__name__
 
 
 def _overloaded(refusal: Refused) -> Failure:
+    # At least a second, as HTTP's Retry-After says: the Python SDK takes the delay asked
+    # instead of its own backoff, and would send again at once, and again, for a 0.
     return Failure(
         grpc.StatusCode.UNAVAILABLE,
         f"sidecar overloaded ({refusal.reason}), retry",
-        refusal.retry_after_s,
+        max(1.0, refusal.retry_after_s),
     )
 
 
