@@ -118,7 +118,7 @@ def _health(args: argparse.Namespace) -> int:
               "(the sidecar's is at /health)", file=sys.stderr)  # fmt: skip
         return 1
     print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 0 if status == 200 and report.get("status") == "healthy" else 1
+    return 0 if status == 200 and report["status"] == HEALTHY else 1
 
 
 def _without_credentials(url: str) -> str:
