@@ -3,15 +3,19 @@
 Every receiver, the pipelines and their exporters share one asyncio loop. When requests arrive
 faster than it can handle them, each waits longer for its answer, and an acknowledgement that
 comes after the client gave up (the SDK's deadline is 10 s) turns into a resend: more work,
-later answers. Two measures keep answers within a second; while either says no, receivers
+later answers. Three measures keep answers within a second; while any says no, receivers
 refuse new requests at once (HTTP 503 + Retry-After, gRPC UNAVAILABLE), before reading or
 parsing them, which costs microseconds:
 
+- **the wait before the sidecar saw a call**: grpc.aio hands calls over one at a time, a few
+  loop turns each, so calls sent faster than that wait in gRPC's transport, unseen
+  (:mod:`collector.receivers.grpc_queue` tells how long each did). One that waited more than
+  :data:`MAX_QUEUED_S` is refused (reason ``queued``): refusing is what hands the rest over
+  quickly;
 - **requests in flight**: by Little's law a new request waits about ``in flight / rate``, the
   rate being requests finished per second lately (an average over ~1 s). More in flight than
   ``MAX_WAIT_S x rate`` (at least :data:`MIN_IN_FLIGHT`, so that an idle sidecar takes a
-  burst) is refused (reason ``overloaded``). Half a second: the other half is for the wait
-  before the sidecar sees a call at all (gRPC hands calls over one per loop turn);
+  burst) is refused (reason ``overloaded``);
 - **the loop's lag**: a task asks to wake every :data:`INTERVAL_S`; how long ago its wake-up
   fell due without it running is how far behind the loop is now, whatever is in flight (a
   handler that runs long without awaiting). More than :data:`MAX_LAG_S` is refused (reason
@@ -19,12 +23,10 @@ parsing them, which costs microseconds:
   blocked once and has caught up takes requests at once.
 
 Requests are handled one at a time (:meth:`Overload.handling`), each step of one (parse,
-checks, pipelines) a loop turn of its own, so that between steps the loop takes new calls,
-and refuses those beyond the bound, instead of letting them queue unseen: with 64 gRPC calls
-kept in flight on one channel, answers within 0.92 s (614 refused in 8 s), where before they
-took up to 1.1 s and 3 were refused. Beyond ~128 at once from one client the wait before the
-handler alone can pass a second (measured on a faster machine since: 64 within 0.57-0.82 s,
-128 within 0.89-1.02 s, 512 within 2.0-2.4 s).
+checks, pipelines) a loop turn of its own, so that between steps the loop hands calls over.
+With 512-span gRPC calls kept in flight on one channel, from 8 to 512 at once, answers came
+within 0.4-0.9 s; without the first measure 128 took up to 1.2 s and 512 up to 3.1 s, with
+4 refused in 8 s: the calls waited where no refusal reached them.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from prometheus_client import Gauge
 from collector.component import Refused
 from collector.telemetry import REGISTRY
 
-MAX_WAIT_S = 0.5
+MAX_QUEUED_S = 0.3  # a call's wait unseen, then
+MAX_WAIT_S = 0.4  # its wait for its turn: 0.3 s of the second is left to handle and answer it
 MIN_IN_FLIGHT = 32
 INTERVAL_S = 0.05
 MAX_LAG_S = 0.25
@@ -71,12 +74,16 @@ class Overload:
         """How long the watching task has been due without running: 0 when not watching."""
         return max(0.0, self._loop.time() - self._due) if self._loop is not None else 0.0
 
-    def check(self) -> None:
-        """Raises Refused while a new request could not be answered within MAX_WAIT_S."""
+    def check(self, waited_s: float = 0.0) -> None:
+        """Raises Refused while a new request could not be answered in time: one that waited
+        ``waited_s`` before the transport handed it over, or that would wait beyond
+        MAX_WAIT_S for its turn."""
         if self._loop is None:
             return  # not watching (a test's in-process pipeline)
         if self.lag_s() > MAX_LAG_S:
             raise Refused("loop_lag", RETRY_AFTER_S)
+        if waited_s > MAX_QUEUED_S:
+            raise Refused("queued", RETRY_AFTER_S)
         if self.in_flight >= max(MIN_IN_FLIGHT, MAX_WAIT_S * self.rate):
             raise Refused("overloaded", RETRY_AFTER_S)
 

@@ -28,7 +28,7 @@ RECEIVED = Counter(
 REFUSED = Counter(
     "otelsidecar_receiver_refused_requests",
     "Requests refused by a receiver, by reason (invalid, too_large, unsupported, timeout, "
-    "memory_limit, queue_full, overloaded, loop_lag).",
+    "memory_limit, queue_full, queued, overloaded, loop_lag).",
     ["receiver", "signal", "reason"],
     registry=REGISTRY,
 )

@@ -265,7 +265,7 @@ def test_the_intake_s_checks_before_reading_refuse_and_count_by_reason(
         ADMISSION.unregister(limit)
 
     class Lagging:
-        def check(self) -> None:
+        def check(self, waited_s: float) -> None:
             raise Refused("loop_lag", 1.0)
 
     monkeypatch.setattr("collector.receivers.intake.OVERLOAD", Lagging())

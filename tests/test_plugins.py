@@ -21,8 +21,10 @@ from tests.test_receivers import post, trace_request
 ROOT = Path(__file__).resolve().parents[1]
 
 PLUGIN = '''
-"""A third party's exporter: appends each span's name to a file."""
+"""A third party's exporter: appends each span's name to a file; with block_s, first holds the
+loop that long per batch, as a careless exporter's blocking call would."""
 
+import time
 from dataclasses import dataclass
 
 from collector.component import Kind
@@ -32,6 +34,7 @@ from collector.signals import Signal
 @dataclass(frozen=True)
 class Settings:
     path: str
+    block_s: float = 0.0
 
 
 class SpanNames:
@@ -41,6 +44,7 @@ class SpanNames:
     def __init__(self, name, settings):
         self.name = name
         self.path = settings.path
+        self.block_s = settings.block_s
 
     async def start(self):
         pass
@@ -55,6 +59,7 @@ class SpanNames:
         return "healthy", "writing span names"
 
     async def consume(self, batch):
+        time.sleep(self.block_s)
         with open(self.path, "a") as out:
             for resource_spans in batch.resource_spans:
                 for scope_spans in resource_spans.scope_spans:

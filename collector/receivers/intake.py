@@ -80,13 +80,14 @@ class Intake:
                 raise
             yield
 
-    def check_ready(self, signal: Signal) -> None:
+    def check_ready(self, signal: Signal, waited_s: float = 0.0) -> None:
         """Refuses (counted) a request the sidecar could not answer in time
-        (:mod:`collector.overload`) or its pipelines would not let in (an exporter's queue
-        full), before anything of it is read: reading and parsing it would be wasted work,
-        taken from the requests that can be let in."""
+        (:mod:`collector.overload`; ``waited_s`` before the transport handed it over) or its
+        pipelines would not let in (an exporter's queue full), before anything of it is read:
+        reading and parsing it would be wasted work, taken from the requests that can be let
+        in."""
         try:
-            OVERLOAD.check()
+            OVERLOAD.check(waited_s)
             self._consumers[signal].admit()
         except Refused as error:
             self.refused(signal, error.reason)

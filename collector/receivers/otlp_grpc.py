@@ -30,6 +30,7 @@ from collector.component import Refused
 from collector.http import body_timeout
 from collector.memory import ADMISSION, MIB, TooCostly
 from collector.overload import OVERLOAD
+from collector.receivers.grpc_queue import TransportQueue
 from collector.receivers.intake import GrpcSettings, Intake
 from collector.settings import Endpoint
 from collector.signals import InvalidBatch, Signal
@@ -92,6 +93,7 @@ class OtlpGrpcServer:
         self.intake = intake
         self.address = str(settings.endpoint)
         self._server: grpc.aio.Server | None = None
+        self._queue: TransportQueue | None = None
         self._health: health.HealthServicer | None = None
 
     async def set_ready(self, ready: bool) -> None:
@@ -106,17 +108,16 @@ class OtlpGrpcServer:
 
     async def start(self) -> None:
         limit = self.settings.max_recv_msg_size_mib * MIB
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                # Without this a second sidecar could silently share the port.
-                ("grpc.so_reuseport", 0),
-                # Flow-control windows stay at their initial size instead of growing to what
-                # the link could carry: a call refused before its message is read has sent
-                # little of it (16 clients' 3.7 MiB calls: a peak of 130 MiB, not 195).
-                ("grpc.http2.bdp_probe", 0),
-            ]
-        )
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            # Without this a second sidecar could silently share the port.
+            ("grpc.so_reuseport", 0),
+            # Flow-control windows stay at their initial size instead of growing to what the
+            # link could carry: a call refused before its message is read has sent little of
+            # it (16 clients' 3.7 MiB calls: a peak of 130 MiB, not 195).
+            ("grpc.http2.bdp_probe", 0),
+        ]
+        server, self._queue = TransportQueue.of_new_server(lambda: grpc.aio.server(options=options))
         handlers = [
             grpc.method_handlers_generic_handler(
                 signal.grpc_service, {"Export": self._export_handler(signal)}
@@ -140,8 +141,12 @@ class OtlpGrpcServer:
         self.address = f"{endpoint.host}:{port}"
         await server.start()
         self._server = server
+        if self._queue is not None:
+            self._queue.start()
 
     async def shutdown(self, grace_s: float) -> None:
+        if self._queue is not None:
+            await self._queue.stop()
         if self._server is not None:
             # Refuses new calls at once; calls in flight get `grace_s` to finish.
             await self._server.stop(grace_s)
@@ -154,7 +159,11 @@ class OtlpGrpcServer:
         intake = self.intake
 
         async def export(requests: object, context: grpc.aio.ServicerContext) -> bytes:
-            failure = await take(context)
+            if self._queue is None:
+                failure = await take(context, 0.0)
+            else:
+                with self._queue.handed_over() as waited_s:
+                    failure = await take(context, waited_s)
             if failure is not None:
                 # Raised only here, where nothing the call read is reachable: grpc keeps an
                 # abort's exception in a reference cycle, and every frame of its traceback
@@ -163,10 +172,10 @@ class OtlpGrpcServer:
                 await context.abort(failure.code, failure.details, failure.trailers())
             return success
 
-        async def take(context: grpc.aio.ServicerContext) -> Failure | None:
+        async def take(context: grpc.aio.ServicerContext, waited_s: float) -> Failure | None:
             """Read, check and accept the call's message; None, or what to answer instead."""
             try:
-                intake.check_ready(signal)
+                intake.check_ready(signal, waited_s)
                 # Held while read: what the biggest message would cost parsed, so that no
                 # more is read at once than could then be let in.
                 with intake.reading(signal, ADMISSION.cost(limit)):

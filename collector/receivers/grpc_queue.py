@@ -1,0 +1,122 @@
+"""How long a gRPC call waited before the sidecar saw it.
+
+grpc.aio hands calls to handlers one at a time, a few loop turns each; a turn that handles a
+batch takes milliseconds. Calls a client sends faster than that wait in gRPC's transport,
+where no handler sees them and so none can refuse them: 512 calls in flight on one channel
+waited 3 s for their answer, with no refusal. How long a call waited there says what the
+sidecar can no longer answer in time, however many wait behind it.
+
+gRPC's core counts each call as it arrives (channelz's ``callsStarted``) and hands them over
+in arrival order. Sampled every :data:`~collector.overload.INTERVAL_S` while calls come in,
+that count says when
+the n-th call arrived; the handler of the n-th call handed over knows when it starts. A call
+is taken to have arrived at the first sample that counted it: its wait is short by at most
+one interval. Calls that leave without a handler of ours (health checks, ones cancelled while
+queued) would shift the count; it is set right whenever nothing waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+from grpc._cython import cygrpc  # channelz: the only way to read gRPC core's call counts
+
+from collector.overload import INTERVAL_S
+
+_SAMPLES = 256  # ~13 s of samples: far beyond any wait let in
+
+
+def _server_ids() -> set[int]:
+    """gRPC core's servers in this process, by channelz id (the first 100; the sidecar runs
+    one per OTLP gRPC receiver)."""
+    listed = json.loads(cygrpc.channelz_get_servers(0)).get("server", [])
+    return {int(server["ref"]["serverId"]) for server in listed}
+
+
+class TransportQueue:
+    """Calls in one gRPC server's transport, and how long each waited for its handler."""
+
+    def __init__(self, channelz_id: int) -> None:
+        self._id = channelz_id
+        self._arrived: collections.deque[tuple[float, int]] = collections.deque(maxlen=_SAMPLES)
+        self._handed = 0  # calls handed to handlers so far
+        self._skipped = 0  # calls counted as arrived that no handler of ours will see
+        self._handling = 0
+        self._sampled_at_handed = 0  # handed over as of the last sample
+        self._waiting = False  # the last sample found calls waiting
+        self._busy = asyncio.Event()  # set by a handover: sample until idle again
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of_new_server(cls, create: Callable[[], grpc.aio.Server]) -> tuple[
+        grpc.aio.Server, TransportQueue | None]:  # fmt: skip
+        """The server ``create`` makes, with its queue (None if channelz cannot tell which
+        server is new, or is off: calls are then taken as not having waited)."""
+        try:
+            before = _server_ids()
+        except (AttributeError, KeyError, ValueError):  # channelz off, or not in this grpc
+            return create(), None
+        server = create()
+        new = _server_ids() - before
+        return server, cls(new.pop()) if len(new) == 1 else None
+
+    def _counts(self) -> tuple[int, int]:
+        """Calls arrived and calls finished, in gRPC's core."""
+        data = json.loads(cygrpc.channelz_get_server(self._id))["server"]["data"]
+        finished = int(data.get("callsSucceeded", 0)) + int(data.get("callsFailed", 0))
+        return int(data.get("callsStarted", 0)), finished
+
+    def sample(self) -> None:
+        arrived, finished = self._counts()
+        self._waiting = arrived - finished > self._handling
+        if not self._waiting:  # every call is accounted for
+            self._skipped = arrived - self._handed
+        self._arrived.append((time.monotonic(), arrived))
+        self._sampled_at_handed = self._handed
+
+    def start(self) -> None:
+        self.sample()
+        self._task = asyncio.get_running_loop().create_task(self._sampling(), name="grpc-queue")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _sampling(self) -> None:
+        """Samples while calls come in (~250 us each), and sleeps while none do: the first
+        call of a burst is handed over before a sample counted it, so as not having waited."""
+        while True:
+            await self._busy.wait()
+            await asyncio.sleep(INTERVAL_S)
+            self.sample()
+            if not self._waiting and self._handed == self._sampled_at_handed:
+                self._busy.clear()
+
+    @contextlib.contextmanager
+    def handed_over(self) -> Iterator[float]:
+        """Around a call's handler: how long the call waited for it, in seconds."""
+        self._handed += 1
+        self._handling += 1
+        self._busy.set()
+        try:
+            yield self.waited_s(self._handed + self._skipped)
+        finally:
+            self._handling -= 1
+
+    def waited_s(self, call: int) -> float:
+        """How long ago the ``call``-th arrival was first counted (0 if not yet)."""
+        first_counted = None
+        for at, arrived in reversed(self._arrived):  # a waiting call is among the last samples
+            if arrived < call:
+                break
+            first_counted = at
+        return 0.0 if first_counted is None else max(0.0, time.monotonic() - first_counted)
