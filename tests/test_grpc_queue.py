@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collector.overload import INTERVAL_S, MAX_QUEUED_S
 from collector.receivers import grpc_queue
@@ -104,6 +105,7 @@ def test_it_samples_while_calls_come_in_and_not_while_idle(
             if len(asked) >= times:
                 return
             await asyncio.sleep(INTERVAL_S / 2)
+        raise AssertionError(f"asked {len(asked)} times, not {times}")
 
     async def scenario() -> list[int]:
         queue.start()
@@ -126,23 +128,26 @@ def test_it_samples_while_calls_come_in_and_not_while_idle(
     assert settled >= 3 and later - settled <= 1  # at most the sample that found it idle
 
 
-def test_the_queue_is_that_of_the_server_just_made_and_counts_its_calls() -> None:
-    async def scenario() -> tuple[int, int, int, int]:
+def test_the_queue_is_that_of_the_server_just_made_and_counts_every_call() -> None:
+    """Its own server's calls, whatever they are for: a method it does not have too."""
+
+    async def scenario() -> tuple[tuple[int, int], tuple[int, int], int, int]:
         other = grpc.aio.server()  # another server in the process is not counted
         other.add_insecure_port("127.0.0.1:0")
-        server, queue = TransportQueue.of_new_server(grpc.aio.server)
+        server, queue = TransportQueue.new_server([])
         assert queue is not None
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         before = queue._counts()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.aio.AioRpcError):  # no such method: answered and counted
+            with pytest.raises(grpc.aio.AioRpcError) as error:
                 await channel.unary_unary("/no.Such/Method")(b"", timeout=10)
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
         after = queue._counts()
         await server.stop(None)
-        return (*before, *after)
+        return before, after, queue._handed, queue._handling
 
-    assert asyncio.run(scenario()) == (0, 0, 1, 1)
+    assert asyncio.run(scenario()) == ((0, 0), (1, 1), 1, 0)
 
 
 def test_without_channelz_calls_are_taken_as_not_having_waited(
@@ -152,8 +157,40 @@ def test_without_channelz_calls_are_taken_as_not_having_waited(
         raise ValueError("Failed to get servers")
 
     monkeypatch.setattr(grpc_queue.cygrpc, "channelz_get_servers", off)
-    server, queue = TransportQueue.of_new_server(lambda: "the server")
-    assert (server, queue) == ("the server", None)
+
+    async def scenario() -> object:
+        server, queue = TransportQueue.new_server([])
+        await server.stop(None)
+        return queue
+
+    assert asyncio.run(scenario()) is None
+
+
+def test_a_sample_that_fails_stops_sampling_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    core, queue = Core(monkeypatch), TransportQueue(channelz_id=0)
+
+    def gone(_: TransportQueue) -> tuple[int, int]:
+        raise ValueError("Failed to get the server")
+
+    async def scenario() -> float:
+        core.at(100.0, arrived=3)
+        queue.start()
+        monkeypatch.setattr(TransportQueue, "_counts", gone)
+        with queue.handed_over():
+            pass
+        for _ in range(200):
+            if queue._task is not None and queue._task.done():
+                break
+            await asyncio.sleep(INTERVAL_S / 2)
+        await queue.stop()  # ends as a stopped task does, raising nothing
+        core.now = 105.0
+        with queue.handed_over() as waited_s:
+            return waited_s
+
+    assert asyncio.run(scenario()) == 0.0
+    assert "grpc_queue_unknown" in capsys.readouterr().out
 
 
 SLOW_CONFIG = """
@@ -200,3 +237,40 @@ def test_calls_that_waited_unseen_past_the_bound_are_refused(tmp_path: Path) -> 
     while len(names.read_text().splitlines()) < 2 * taken and time.monotonic() < deadline:
         time.sleep(0.05)
     assert names.read_text().splitlines() == ["queued"] * 2 * taken
+
+
+WATCHED_CONFIG = """
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}
+exporters:
+  span_names: {path: "NAMES"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [span_names]}
+"""
+
+
+def test_a_health_watch_held_open_does_not_make_calls_look_queued(tmp_path: Path) -> None:
+    """A Watch stream is a call gRPC counts as arrived and not yet finished for as long as it
+    is open; calls sent one at a time, further apart than the bound, are still taken."""
+    env = install_plugin(tmp_path / "site")
+    body = trace_request(spans=1, name="watched").SerializeToString()
+
+    async def watched(endpoint: str) -> list[str]:
+        async with grpc.aio.insecure_channel(endpoint) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            export, answers = channel.unary_unary(TRACE_EXPORT), []
+            for _ in range(4):
+                await asyncio.sleep(MAX_QUEUED_S + 0.2)
+                try:
+                    await export(body, timeout=10)
+                    answers.append("OK")
+                except grpc.aio.AioRpcError as error:
+                    answers.append(error.details() or "")
+            watch.cancel()
+            return answers
+
+    config = WATCHED_CONFIG.replace("NAMES", str(tmp_path / "names.txt"))
+    with Sidecar(tmp_path, config, env) as sidecar:
+        assert asyncio.run(watched(sidecar.endpoints["otlp_grpc"])) == ["OK"] * 4

@@ -11,8 +11,10 @@ in arrival order. Sampled every :data:`~collector.overload.INTERVAL_S` while cal
 that count says when
 the n-th call arrived; the handler of the n-th call handed over knows when it starts. A call
 is taken to have arrived at the first sample that counted it: its wait is short by at most
-one interval. Calls that leave without a handler of ours (health checks, ones cancelled while
-queued) would shift the count; it is set right whenever nothing waits.
+one interval (more while the loop lags, and for the first call after an idle spell, when no
+sample runs). Every call handed over is counted, whatever its service; calls that leave
+without one (cancelled while queued) would shift the count, which is set right whenever
+nothing waits.
 """
 
 from __future__ import annotations
@@ -20,16 +22,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
+import inspect
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 from grpc._cython import cygrpc  # channelz: the only way to read gRPC core's call counts
 
 from collector.overload import INTERVAL_S
+from collector.telemetry import log
 
 _SAMPLES = 256  # ~13 s of samples: far beyond any wait let in
+_CHANNELZ_ERRORS = (AttributeError, KeyError, TypeError, ValueError)  # off, or not in this grpc
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+WAITED_S: contextvars.ContextVar[float] = contextvars.ContextVar("waited_s", default=0.0)
+"""How long the call whose handler runs in this task waited for it."""
 
 
 def _server_ids() -> set[int]:
@@ -42,29 +53,36 @@ def _server_ids() -> set[int]:
 class TransportQueue:
     """Calls in one gRPC server's transport, and how long each waited for its handler."""
 
-    def __init__(self, channelz_id: int) -> None:
+    def __init__(self, channelz_id: int = 0) -> None:
         self._id = channelz_id
         self._arrived: collections.deque[tuple[float, int]] = collections.deque(maxlen=_SAMPLES)
         self._handed = 0  # calls handed to handlers so far
-        self._skipped = 0  # calls counted as arrived that no handler of ours will see
-        self._handling = 0
+        self._skipped = 0  # calls counted as arrived that were never handed over
+        self._handling = 0  # calls handed over whose handler has not ended
         self._sampled_at_handed = 0  # handed over as of the last sample
         self._waiting = False  # the last sample found calls waiting
         self._busy = asyncio.Event()  # set by a handover: sample until idle again
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def of_new_server(cls, create: Callable[[], grpc.aio.Server]) -> tuple[
+    def new_server(cls, options: list[tuple[str, Any]]) -> tuple[
         grpc.aio.Server, TransportQueue | None]:  # fmt: skip
-        """The server ``create`` makes, with its queue (None if channelz cannot tell which
-        server is new, or is off: calls are then taken as not having waited)."""
+        """A grpc.aio server with ``options``, and its queue: None if channelz cannot tell
+        which server is new, or is off (calls are then taken as not having waited)."""
         try:
             before = _server_ids()
-        except (AttributeError, KeyError, ValueError):  # channelz off, or not in this grpc
-            return create(), None
-        server = create()
-        new = _server_ids() - before
-        return server, cls(new.pop()) if len(new) == 1 else None
+        except _CHANNELZ_ERRORS:
+            return grpc.aio.server(options=options), None
+        queue = cls()
+        server = grpc.aio.server(options=options, interceptors=[_Counting(queue)])
+        try:
+            new = _server_ids() - before
+        except _CHANNELZ_ERRORS:
+            new = set()
+        if len(new) != 1:
+            return server, None
+        queue._id = new.pop()
+        return server, queue
 
     def _counts(self) -> tuple[int, int]:
         """Calls arrived and calls finished, in gRPC's core."""
@@ -75,7 +93,7 @@ class TransportQueue:
     def sample(self) -> None:
         arrived, finished = self._counts()
         self._waiting = arrived - finished > self._handling
-        if not self._waiting:  # every call is accounted for
+        if not self._waiting or self._handed + self._skipped > arrived:  # all accounted for
             self._skipped = arrived - self._handed
         self._arrived.append((time.monotonic(), arrived))
         self._sampled_at_handed = self._handed
@@ -97,19 +115,28 @@ class TransportQueue:
         while True:
             await self._busy.wait()
             await asyncio.sleep(INTERVAL_S)
-            self.sample()
+            try:
+                self.sample()
+            except _CHANNELZ_ERRORS as error:  # calls are taken as not having waited from now
+                log.warning("grpc_queue_unknown", error=f"{type(error).__name__}: {error}")
+                self._arrived.clear()
+                return
             if not self._waiting and self._handed == self._sampled_at_handed:
                 self._busy.clear()
 
     @contextlib.contextmanager
     def handed_over(self) -> Iterator[float]:
-        """Around a call's handler: how long the call waited for it, in seconds."""
+        """Around a call's handler: how long the call waited for it, in seconds (also in
+        :data:`WAITED_S` meanwhile)."""
         self._handed += 1
         self._handling += 1
         self._busy.set()
+        waited_s = self.waited_s(self._handed + self._skipped)
+        token = WAITED_S.set(waited_s)
         try:
-            yield self.waited_s(self._handed + self._skipped)
+            yield waited_s
         finally:
+            WAITED_S.reset(token)
             self._handling -= 1
 
     def waited_s(self, call: int) -> float:
@@ -120,3 +147,41 @@ class TransportQueue:
                 break
             first_counted = at
         return 0.0 if first_counted is None else max(0.0, time.monotonic() - first_counted)
+
+
+class _Counting(grpc.aio.ServerInterceptor):
+    """Counts every call gRPC hands over, whatever it is for (OTLP, a health check or Watch
+    stream, a method the server does not have), from then until its handler ends: gRPC's
+    count of arrivals does not say what a call is for."""
+
+    def __init__(self, queue: TransportQueue) -> None:
+        self._queue = queue
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:  # no such method: gRPC answers UNIMPLEMENTED at once
+            with self._queue.handed_over():
+                return None
+        kind = next(kind for kind in _KINDS if getattr(handler, kind) is not None)
+        return handler._replace(**{kind: self._counted(getattr(handler, kind))})  # type: ignore[attr-defined]
+
+    def _counted(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        queue = self._queue
+        if inspect.isasyncgenfunction(behaviour):  # grpc.aio tells streams apart by this
+
+            async def streaming(request: object, context: object) -> AsyncIterator[object]:
+                with queue.handed_over():
+                    async for response in behaviour(request, context):
+                        yield response
+
+            return streaming
+
+        async def answering(request: object, context: object) -> object:
+            with queue.handed_over():
+                return await behaviour(request, context)
+
+        return answering

@@ -30,7 +30,7 @@ from collector.component import Refused
 from collector.http import body_timeout
 from collector.memory import ADMISSION, MIB, TooCostly
 from collector.overload import OVERLOAD
-from collector.receivers.grpc_queue import TransportQueue
+from collector.receivers.grpc_queue import WAITED_S, TransportQueue
 from collector.receivers.intake import GrpcSettings, Intake
 from collector.settings import Endpoint
 from collector.signals import InvalidBatch, Signal
@@ -117,7 +117,7 @@ class OtlpGrpcServer:
             # it (16 clients' 3.7 MiB calls: a peak of 130 MiB, not 195).
             ("grpc.http2.bdp_probe", 0),
         ]
-        server, self._queue = TransportQueue.of_new_server(lambda: grpc.aio.server(options=options))
+        server, self._queue = TransportQueue.new_server(options)
         handlers = [
             grpc.method_handlers_generic_handler(
                 signal.grpc_service, {"Export": self._export_handler(signal)}
@@ -147,6 +147,7 @@ class OtlpGrpcServer:
     async def shutdown(self, grace_s: float) -> None:
         if self._queue is not None:
             await self._queue.stop()
+            self._queue = None
         if self._server is not None:
             # Refuses new calls at once; calls in flight get `grace_s` to finish.
             await self._server.stop(grace_s)
@@ -159,11 +160,7 @@ class OtlpGrpcServer:
         intake = self.intake
 
         async def export(requests: object, context: grpc.aio.ServicerContext) -> bytes:
-            if self._queue is None:
-                failure = await take(context, 0.0)
-            else:
-                with self._queue.handed_over() as waited_s:
-                    failure = await take(context, waited_s)
+            failure = await take(context, WAITED_S.get())
             if failure is not None:
                 # Raised only here, where nothing the call read is reachable: grpc keeps an
                 # abort's exception in a reference cycle, and every frame of its traceback
