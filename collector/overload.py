@@ -25,7 +25,7 @@ parsing them, which costs microseconds:
 Requests are handled one at a time (:meth:`Overload.handling`), each step of one (parse,
 checks, pipelines) a loop turn of its own, so that between steps the loop hands calls over.
 With 512-span gRPC calls kept in flight on one channel, from 8 to 512 at once, answers came
-within 0.1-0.9 s; without the first measure 128 took up to 1.2 s and 512 up to 3.1 s, with
+within 0.1-0.95 s; without the first measure 128 took up to 1.2 s and 512 up to 3.1 s, with
 4 refused in 8 s: the calls waited where no refusal reached them.
 """
 

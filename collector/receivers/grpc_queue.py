@@ -8,13 +8,12 @@ sidecar can no longer answer in time, however many wait behind it.
 
 gRPC's core counts each call as it arrives (channelz's ``callsStarted``) and hands them over
 in arrival order. Sampled every :data:`~collector.overload.INTERVAL_S` while calls come in,
-that count says when
-the n-th call arrived; the handler of the n-th call handed over knows when it starts. A call
-is taken to have arrived at the first sample that counted it: its wait is short by at most
-one interval (more while the loop lags, and for the first call after an idle spell, when no
-sample runs). Every call handed over is counted, whatever its service; calls that leave
-without one (cancelled while queued) would shift the count, which is set right whenever
-nothing waits.
+that count says when the n-th call arrived; the handler of the n-th call handed over knows
+when it starts. A call is taken to have arrived at the first sample that counted it: its wait
+is short by at most one interval (more while the loop lags, and for the first call after an
+idle spell, when no sample runs). Every call handed over is counted, whatever its service;
+calls that leave without one (cancelled while queued) would shift the count, which is set
+right whenever nothing waits.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from collector.telemetry import log
 _SAMPLES = 256  # ~13 s of samples: far beyond any wait let in
 _CHANNELZ_ERRORS = (AttributeError, KeyError, TypeError, ValueError)  # off, or not in this grpc
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+_MAX_METHODS = 64  # a sidecar server has six: Export for each signal, health Check, List, Watch
 
 WAITED_S: contextvars.ContextVar[float] = contextvars.ContextVar("waited_s", default=0.0)
 """How long the call whose handler runs in this task waited for it."""
@@ -156,6 +156,8 @@ class _Counting(grpc.aio.ServerInterceptor):
 
     def __init__(self, queue: TransportQueue) -> None:
         self._queue = queue
+        # Each method's handler, counted: made once, not per call.
+        self._counted_handlers: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -166,8 +168,13 @@ class _Counting(grpc.aio.ServerInterceptor):
         if handler is None:  # no such method: gRPC answers UNIMPLEMENTED at once
             with self._queue.handed_over():
                 return None
-        kind = next(kind for kind in _KINDS if getattr(handler, kind) is not None)
-        return handler._replace(**{kind: self._counted(getattr(handler, kind))})  # type: ignore[attr-defined]
+        counted = self._counted_handlers.get(handler)
+        if counted is None:
+            kind = next(kind for kind in _KINDS if getattr(handler, kind) is not None)
+            counted = handler._replace(**{kind: self._counted(getattr(handler, kind))})  # type: ignore[attr-defined]
+            if len(self._counted_handlers) < _MAX_METHODS:  # a handler made per call: not kept
+                self._counted_handlers[handler] = counted
+        return counted
 
     def _counted(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         queue = self._queue
